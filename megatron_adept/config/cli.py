@@ -1,0 +1,126 @@
+"""Command-line flags generated from config dataclasses.
+
+Every flag of every tool comes from a dataclass field declared with :func:`arg`: the flag is
+the kebab-case field name, the help text and default come from the field, and the parsed
+values are returned as the dataclass (whose ``__post_init__`` validates them). Tools therefore
+never declare a shared flag by hand, and one flag means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from megatron_adept.errors import AdeptError
+
+T = TypeVar("T")
+
+
+def arg(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    choices: tuple[Any, ...] | None = None,
+    nargs: str | None = None,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare a config field that is also a command-line flag.
+
+    Args:
+        default: default value; omit to make the flag required.
+        help: help text shown by ``--help``.
+        flag: the flag spelling when it is not the kebab-case field name.
+        choices: allowed values.
+        nargs: argparse ``nargs`` for list-valued fields.
+        default_factory: for mutable defaults.
+    """
+    metadata = {"help": help, "flag": flag, "choices": choices, "nargs": nargs}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """Resolve ``Optional[X]``/``X | None`` and ``list[X]`` to (X, is_list)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(inner[0])
+    if origin is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def add_dataclass_group(parser: argparse.ArgumentParser, cls: type, title: str = "") -> None:
+    """Add one argparse group holding a flag per field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title or cls.__name__, (cls.__doc__ or "").split("\n")[0])
+    for field in dataclasses.fields(cls):
+        if "help" not in field.metadata:
+            continue
+        kind, is_list = _base_type(hints[field.name])
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        default = None if required else field.default
+        if field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        kwargs: dict[str, Any] = {
+            "dest": f"{cls.__name__}.{field.name}",
+            "help": field.metadata["help"],
+        }
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = default
+        else:
+            kwargs.update(type=kind, default=default, required=required)
+            if is_list or field.metadata.get("nargs"):
+                kwargs["nargs"] = field.metadata.get("nargs") or "+"
+            if field.metadata.get("choices"):
+                kwargs["choices"] = field.metadata["choices"]
+            kwargs["metavar"] = field.name.upper() if not kwargs.get("choices") else None
+        if not required and kind is not bool and default is not None:
+            kwargs["help"] += f" (default: {default})"
+        group.add_argument(flag_name(field), **kwargs)
+
+
+def build_parser(description: str, *groups: type) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for cls in groups:
+        add_dataclass_group(parser, cls)
+    return parser
+
+
+def extract(namespace: argparse.Namespace, cls: type[T]) -> T:
+    """Build ``cls`` from the parsed flags of its group (runs its validation)."""
+    values = {
+        f.name: getattr(namespace, f"{cls.__name__}.{f.name}")
+        for f in dataclasses.fields(cls)
+        if hasattr(namespace, f"{cls.__name__}.{f.name}")
+    }
+    return cls(**values)
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a tool's ``main``; user errors become one line on stderr and exit code 2."""
+    try:
+        result = main()
+    except AdeptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,163 @@
+"""Build megatron-core ``GPTModel`` stages from a :class:`ModelArch`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    set_tensor_model_parallel_attributes,
+)
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_adept.config.parallel import ParallelConfig
+from megatron_adept.models.archs import ModelArch
+from megatron_adept.parallel.layout import pipeline_layer_counts
+
+
+def padded_vocab_size(vocab_size: int, parallel: ParallelConfig) -> int:
+    """Vocabulary padded to a multiple of ``make_vocab_size_divisible_by x TP``.
+
+    Checkpoints store the padded rows with ``allow_shape_mismatch``, so a checkpoint written at
+    one TP loads at another: megatron-core reads the overlapping rows and zero-fills the rest.
+    """
+    multiple = parallel.make_vocab_size_divisible_by * parallel.tensor_model_parallel_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def transformer_engine_available() -> bool:
+    """TE is used only on GPU and only when it imports."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_transformer_config(
+    arch: ModelArch,
+    parallel: ParallelConfig,
+    params_dtype: torch.dtype = torch.float32,
+    recompute_activations: bool = False,
+    init_weights: bool = True,
+) -> TransformerConfig:
+    """Translate the HF-level description into megatron-core's config for this layout."""
+    counts = pipeline_layer_counts(arch.num_layers, parallel)
+    pp = parallel.pipeline_model_parallel_size
+    on_gpu = torch.cuda.is_available()
+    uneven = pp > 1 and len(set(counts)) > 1
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=arch.family.qkv_bias,
+        qk_layernorm=arch.family.qk_layernorm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        attention_softmax_in_fp32=True,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=pp,
+        num_layers_in_first_pipeline_stage=counts[0] if uneven else None,
+        num_layers_in_last_pipeline_stage=counts[-1] if uneven else None,
+        sequence_parallel=False,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=init_weights,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        recompute_granularity="full" if recompute_activations else None,
+        recompute_method="uniform" if recompute_activations else None,
+        recompute_num_layers=1 if recompute_activations else None,
+    )
+
+
+def layer_spec(arch: ModelArch) -> ModuleSpec:
+    if transformer_engine_available():
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.family.qk_layernorm)
+    return get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
+
+
+def build_model(
+    arch: ModelArch,
+    parallel: ParallelConfig,
+    params_dtype: torch.dtype = torch.float32,
+    recompute_activations: bool = False,
+    init_weights: bool = True,
+) -> GPTModel:
+    """This rank's pipeline stage of ``arch`` (model-parallel groups must exist).
+
+    Args:
+        arch: the architecture.
+        parallel: the layout the process groups were created with.
+        params_dtype: parameter dtype (fp32, or bf16/fp16 for mixed precision).
+        recompute_activations: full activation recomputation, one layer at a time.
+        init_weights: skip random initialisation when a checkpoint will overwrite it.
+    """
+    config = build_transformer_config(
+        arch, parallel, params_dtype, recompute_activations, init_weights
+    )
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(arch),
+        vocab_size=padded_vocab_size(arch.vocab_size, parallel),
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(arch.rope_theta)
+        if float(arch.rope_theta).is_integer()
+        else arch.rope_theta,
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
+    )
+    if not init_weights:
+        _mark_tensor_parallel_weights(model)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+def _mark_tensor_parallel_weights(model: torch.nn.Module) -> None:
+    """Tag sharded weights as tensor-parallel when random initialisation was skipped.
+
+    megatron-core 0.16.1 sets ``tensor_model_parallel``/``partition_dim`` on linear and
+    embedding weights only inside its init functions. Without the tags, gradient-norm and
+    clipping code treats every shard as a TP duplicate and counts it on TP rank 0 only.
+    """
+    partition_dims = {ColumnParallelLinear: 0, VocabParallelEmbedding: 0, RowParallelLinear: 1}
+    for module in model.modules():
+        for kind, dim in partition_dims.items():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, kind) and weight is not None:
+                if not getattr(weight, "tensor_model_parallel", False):
+                    set_tensor_model_parallel_attributes(weight, True, dim, 1)
