@@ -8,12 +8,14 @@ Transformer Engine) are not stored: checkpoints hold weights only.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 from megatron.core.dist_checkpointing.validation import StrictHandling
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta
@@ -21,6 +23,9 @@ from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import CheckpointError
 from megatron_adept.models.builder import build_model
 from megatron_adept.parallel.layout import validate_layout
+from megatron_adept.parallel.runtime import world_size_from_env
+
+_LAYER_KEY = re.compile(r"decoder\.layers\.(\d+)\.")
 
 
 def sharded_metadata() -> dict[str, Any]:
@@ -50,9 +55,38 @@ def save_model(model: torch.nn.Module, ckpt_dir: str | Path, meta: CheckpointMet
     dist.barrier()
 
 
-def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> None:
-    """Collective: fill ``model`` (this rank's stage and shard) from ``ckpt_dir``."""
+def _layer_of(key: str) -> int | None:
+    match = _LAYER_KEY.match(key)
+    return int(match.group(1)) if match else None
+
+
+def load_model_weights(
+    model: torch.nn.Module, ckpt_dir: str | Path, layer_sources: dict[int, int] | None = None
+) -> None:
+    """Collective: fill ``model`` (this rank's stage and shard) from ``ckpt_dir``.
+
+    Args:
+        model: the stage to fill.
+        ckpt_dir: a checkpoint directory written by :func:`save_model`.
+        layer_sources: read model layer ``j`` from checkpoint layer ``layer_sources[j]``;
+            layers not in the map are left untouched (used to expand a checkpoint: the copies
+            are filled afterwards). None reads every layer from its own index.
+    """
     sharded = model_sharded_state_dict(model)
+    if layer_sources is not None:
+        remapped = {}
+        for key, value in sharded.items():
+            layer = _layer_of(value.key)
+            if layer is None:
+                remapped[key] = value
+            elif layer in layer_sources:
+                replace_prefix_for_sharding(
+                    {key: value},
+                    f"decoder.layers.{layer}.",
+                    f"decoder.layers.{layer_sources[layer]}.",
+                )
+                remapped[key] = value
+        sharded = remapped
     try:
         loaded, missing, _unexpected = dist_checkpointing.load(
             sharded, str(ckpt_dir), strict=StrictHandling.RETURN_ALL
@@ -65,9 +99,20 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path) -> None:
             f"e.g. {sorted(missing)[:3]}"
         )
     incompatible = model.load_state_dict(loaded, strict=False)
-    absent = [k for k in incompatible.missing_keys if not k.endswith("_extra_state")]
+    absent = [k for k in incompatible.missing_keys if k in sharded]
     if absent:
         raise CheckpointError(f"checkpoint {str(ckpt_dir)!r} did not provide {absent[:3]}")
+
+
+def check_checkpoint_layout(ckpt_dir: str | Path, parallel: ParallelConfig) -> CheckpointMeta:
+    """Read a checkpoint's metadata and check the layout fits it, before any process group.
+
+    Tools call this first so that an impossible layout fails fast with a one-line error
+    naming the numbers, instead of after every rank has started.
+    """
+    meta = CheckpointMeta.load(ckpt_dir)
+    validate_layout(meta.arch, parallel, world_size_from_env())
+    return meta
 
 
 def load_model(

@@ -15,6 +15,7 @@ from megatron.core import parallel_state, tensor_parallel
 
 from megatron_adept.compat import cpu as cpu_compat
 from megatron_adept.config.parallel import ParallelConfig
+from megatron_adept.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
         dp_rank=parallel_state.get_data_parallel_rank(),
         dp_size=parallel_state.get_data_parallel_world_size(),
     )
+
+
+def initialize_single_process(seed: int = 1234) -> Runtime | None:
+    """A one-process group for offline tools (conversion, expansion); refuses torchrun."""
+    if world_size_from_env() != 1:
+        raise ConfigError("this tool runs in a single process; launch it with python, not torchrun")
+    if dist.is_initialized():
+        return None
+    return initialize(ParallelConfig(), seed)
 
 
 def teardown() -> None:

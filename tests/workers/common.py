@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import torch
 from megatron.core import parallel_state
@@ -12,6 +14,9 @@ from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.presets import preset_config
 from megatron_adept.parallel import runtime
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workers_tokens import sample_tokens  # noqa: E402,F401  (re-exported for workers)
 
 
 def arch_for(preset: str) -> ModelArch:
@@ -49,7 +54,3 @@ def write_result(path: str, result: dict) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-
-
-def sample_tokens(batch: int, seq: int, vocab: int, seed: int = 7) -> torch.Tensor:
-    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
