@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
-from torchrun_harness import REPO, run_command
+from megatron_adept.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
 
 WORDS = (
     "the a of memory cache kernel thread process network packet protocol compiler parser "
     "token layer model gradient river mountain forest music language history ünïcødé 42 7"
 ).split()
+
+TRICKY_TEXTS = [
+    " leading space",
+    "trailing space ",
+    "two  spaces\tand a tab",
+    "line one\nline two\n\nafter a blank line",
+    "unseen: 日本語 ✓ 🙂 Ωmega",
+    "digits 31415926 and punctuation!?",
+    "spaces before punctuation: don 't , ok . right ?",
+]
+"""Texts that a tokenizer must round-trip although its training corpus never showed them."""
 
 
 def write_jsonl(path: Path, items: list[dict]) -> Path:
@@ -28,22 +38,13 @@ def random_texts(count: int, seed: int = 0, low: int = 3, high: int = 60) -> lis
 
 
 def sentencepiece_tokenizer(directory: Path, vocab_size: int = 320) -> Path:
-    """Train a tiny sentencepiece model with tools/train_tokenizer.py; returns its directory."""
+    """Train a tiny sentencepiece model with the project's trainer; returns its directory."""
     corpus = write_jsonl(
         directory.parent / f"{directory.name}_corpus.jsonl",
         [{"text": t} for t in random_texts(400, seed=1)],
     )
-    run_command(
-        [
-            sys.executable,
-            str(REPO / "tools" / "train_tokenizer.py"),
-            "--input",
-            str(corpus),
-            "--vocab-size",
-            str(vocab_size),
-            "--output",
-            str(directory),
-        ]
+    train_tokenizer(
+        TokenizerTrainingConfig(input=[str(corpus)], output=str(directory), vocab_size=vocab_size)
     )
     return directory
 

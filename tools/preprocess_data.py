@@ -5,23 +5,35 @@
   python tools/preprocess_data.py ... --format sft --prompt-key question \\
       [--reasoning-key cot] --response-key answer
 
-An EOS token ends every document. With --window/--stride, documents longer than the window
-are stored as windows starting every `stride` tokens (overlap window - stride).
+TOK is a sentencepiece .model file or a tokenizer directory (e.g. the tokenizer/ of a
+converted checkpoint). An EOS token ends every document. With --window/--stride, documents
+longer than the window are stored as windows of at most `window` tokens starting every
+`stride` tokens (overlap window - stride), each ending with EOS.
 """
 
 from megatron_adept.config.cli import build_parser, extract, run_cli
 from megatron_adept.data.preprocess import PreprocessConfig, preprocess
-from megatron_adept.parallel.log import setup_logging
+from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
+from megatron_adept.parallel.log import get_logger, setup_logging
+
+logger = get_logger("preprocess_data")
 
 
 def main() -> None:
-    config = extract(build_parser(__doc__, PreprocessConfig).parse_args(), PreprocessConfig)
+    args = build_parser(__doc__, PreprocessConfig, TokenizerConfig).parse_args()
+    config = extract(args, PreprocessConfig)
+    tokenizer = resolve_tokenizer(extract(args, TokenizerConfig).tokenizer, None)
     setup_logging()
-    summary = preprocess(config)
-    print(
-        f"{config.output_prefix}: {summary.documents} documents, {summary.tokens} tokens, "
-        f"{summary.windows} sequences (windows) in {summary.seconds:.1f}s "
-        f"({summary.tokens / max(summary.seconds, 1e-9):.0f} tokens/s)"
+    summary = preprocess(config, tokenizer)
+    rate = summary.tokens / max(summary.seconds, 1e-9)
+    logger.info(
+        "wrote %s.bin/.idx: %d documents, %d tokens, %d windows in %.1fs (%.0f tokens/s)",
+        config.output_prefix,
+        summary.documents,
+        summary.tokens,
+        summary.windows,
+        summary.seconds,
+        rate,
     )
 
 

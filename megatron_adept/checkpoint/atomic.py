@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -57,3 +58,11 @@ def publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    """Write JSON to a temporary sibling, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

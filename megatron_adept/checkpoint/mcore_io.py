@@ -88,7 +88,9 @@ def load_model_weights(
                 remapped[key] = value
         sharded = remapped
     try:
-        loaded, missing, _unexpected = dist_checkpointing.load(
+        # megatron's "missing" keys are checkpoint keys nobody asked for (e.g. the optimizer
+        # state of a training checkpoint); "unexpected" ones are requested but absent.
+        loaded, _missing, missing = dist_checkpointing.load(
             sharded, str(ckpt_dir), strict=StrictHandling.RETURN_ALL
         )
     except (FileNotFoundError, RuntimeError, KeyError) as exc:

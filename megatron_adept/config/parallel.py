@@ -25,7 +25,9 @@ class ParallelConfig:
         None, "Layers on the last pipeline stage when the split is uneven."
     )
     make_vocab_size_divisible_by: int = arg(
-        128, "Pad the vocabulary to a multiple of this times the tensor parallel size."
+        1,
+        "Pad the vocabulary to a multiple of this times the tensor parallel size (padded "
+        "logits are masked out of the softmax, so any value gives the same results).",
     )
     distributed_timeout_minutes: int = arg(10, "Timeout of collective operations, in minutes.")
 

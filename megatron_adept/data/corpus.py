@@ -1,14 +1,17 @@
 """Probe and evaluation corpora: JSONL items turned into fixed-length, loss-masked batches.
 
 Two item kinds (ADEPT App. B.3, App. H):
-* ``{"text": ...}``: pretraining style, every token is a target.
-* ``{"prompt": ..., "answer": ...}``: SFT style, only answer tokens are targets; the prompt is
-  context. Prompt and answer are tokenized separately and concatenated so that the boundary
-  between context and targets is exact, whatever the tokenizer would merge across it.
 
-This is the single implementation of tokenization and loss masks for Stage 1, the Stage 2
-importance refresh and evaluation. Sequences longer than ``seq_length + 1`` tokens are
-truncated from the right; padding never counts.
+* ``{"text": ...}``: pretraining style, every token is a target.
+* ``{"prompt": ..., "answer": ...}``: question -> answer, only answer tokens are targets and
+  the prompt is context. Prompt and answer are tokenized separately and concatenated: the
+  boundary between context and targets must be exact, and tokenizing the joined string could
+  merge the prompt's last characters with the answer's first into one token.
+
+This is the one implementation of tokenization and loss masks for Stage 1, the Stage 2
+importance refresh and evaluation. An item longer than ``seq_length + 1`` tokens is truncated
+from the right (its targets beyond the window are dropped, never wrapped into another row);
+padding never counts.
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ class CorpusItem:
 
     ids: tuple[int, ...]
     context: int
+    """Number of leading prompt tokens; targets start at ``ids[context]``."""
 
 
 def load_corpus(path: str | Path, tokenizer: Tokenizer) -> list[CorpusItem]:
-    """Tokenize every item of a probe/eval JSONL file."""
+    """Tokenize every item of a probe/eval JSONL file, in file order."""
     items = []
     for number, item in read_jsonl(path):
         where = f"{path}:{number}"
         if "text" in item:
             ids = tokenizer.encode(require_str(item, "text", where))
+            if len(ids) < 2:
+                raise DataError(f"{where}: the text has fewer than two tokens (no target)")
             items.append(CorpusItem(tuple(ids), 0))
         elif "prompt" in item and "answer" in item:
             prompt = tokenizer.encode(require_str(item, "prompt", where))
@@ -53,32 +59,39 @@ def load_corpus(path: str | Path, tokenizer: Tokenizer) -> list[CorpusItem]:
     return items
 
 
-def item_targets(item: CorpusItem, seq_length: int) -> tuple[list[int], list[int], list[float]]:
-    """(inputs, targets, mask) of one item, truncated to ``seq_length`` positions."""
-    ids = list(item.ids[: seq_length + 1])
-    inputs, targets = ids[:-1], ids[1:]
-    mask = [1.0 if position + 1 >= item.context else 0.0 for position in range(len(targets))]
-    return inputs, targets, mask
+def item_row(item: CorpusItem, seq_length: int) -> tuple[list[int], list[int], list[float]]:
+    """(tokens, labels, loss mask) of one item, at most ``seq_length`` positions long.
+
+    Position ``p`` predicts ``ids[p + 1]``, which counts when it lies past the prompt.
+    """
+    ids = item.ids[: seq_length + 1]
+    tokens, labels = list(ids[:-1]), list(ids[1:])
+    mask = [float(p + 1 >= item.context) for p in range(len(labels))]
+    return tokens, labels, mask
 
 
 def corpus_batches(
     items: list[CorpusItem], seq_length: int, micro_batch_size: int, pad_id: int = 0
 ) -> list[MicroBatch]:
-    """Deterministic micro-batches ``[micro_batch_size, seq_length]`` in file order."""
+    """Micro-batches ``[micro_batch_size, seq_length]`` holding the items in order.
+
+    Each item fills one row from the left; the rest of the row (and of the last micro-batch)
+    is ``pad_id`` with loss mask 0, so the batches are the same for every run and every rank.
+    """
     batches = []
     for start in range(0, len(items), micro_batch_size):
-        chunk = items[start : start + micro_batch_size]
         tokens = torch.full((micro_batch_size, seq_length), pad_id, dtype=torch.long)
         labels = torch.full((micro_batch_size, seq_length), pad_id, dtype=torch.long)
         mask = torch.zeros(micro_batch_size, seq_length)
-        for row, item in enumerate(chunk):
-            inputs, targets, weights = item_targets(item, seq_length)
-            tokens[row, : len(inputs)] = torch.tensor(inputs, dtype=torch.long)
-            labels[row, : len(targets)] = torch.tensor(targets, dtype=torch.long)
-            mask[row, : len(weights)] = torch.tensor(weights)
+        for row, item in enumerate(items[start : start + micro_batch_size]):
+            row_tokens, row_labels, row_mask = item_row(item, seq_length)
+            tokens[row, : len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long)
+            labels[row, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+            mask[row, : len(row_mask)] = torch.tensor(row_mask)
         batches.append(MicroBatch(tokens, labels, mask))
     return batches
 
 
 def counted_tokens(batches: list[MicroBatch]) -> int:
+    """Number of target tokens that count in the loss (the denominator of a mean loss)."""
     return int(sum(batch.loss_mask.sum().item() for batch in batches))

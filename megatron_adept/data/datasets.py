@@ -1,4 +1,10 @@
-"""Training data: megatron-core ``GPTDataset`` blends and a resumable global-batch sampler."""
+"""Training data: megatron-core ``GPTDataset`` blends and a resumable global-batch sampler.
+
+``--data-path`` and ``--split`` follow megatron's syntax, and the datasets come from
+megatron-core's ``BlendedMegatronDatasetBuilder``: a blend ``W1 PREFIX1 W2 PREFIX2`` draws each
+sample from prefix ``i`` with probability ``Wi / sum(W)`` (ADEPT's Replay baseline shuffles
+general data into the domain data this way), and the sample order is a function of the seed.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,10 @@ from megatron.core.datasets.blended_megatron_dataset_builder import (
     BlendedMegatronDatasetBuilder,
 )
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from torch.utils.data import Dataset
 
 from megatron_adept.config.cli import arg
-from megatron_adept.errors import DataError
+from megatron_adept.errors import ConfigError, DataError
 from megatron_adept.models.forward import MicroBatch
 
 
@@ -22,31 +29,27 @@ class DataConfig:
     """Where the training data is and how it is split."""
 
     data_path: list[str] = arg(
-        help="An indexed-dataset prefix, or a blend 'W1 PREFIX1 W2 PREFIX2 ...'.",
+        help="An indexed-dataset prefix (PREFIX.bin/PREFIX.idx), or a blend "
+        "'W1 PREFIX1 W2 PREFIX2 ...' sampling each prefix in proportion to its weight.",
         default_factory=list,
     )
-    split: str = arg("98,2,0", "Train/valid/test split of every dataset, in proportions.")
+    split: str = arg("98,2,0", "Train,valid,test proportions of every dataset's documents.")
     data_cache_path: str | None = arg(
-        None, "Where megatron caches sample indices (default: beside the first dataset)."
+        None, "Directory for megatron's sample-index cache (default: PREFIX1's directory)."
     )
 
     def __post_init__(self) -> None:
         parse_blend(self.data_path)
-        parts = self.split.split(",")
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise DataError(f"--split={self.split!r} must be comma-separated numbers") from None
-        if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
-            raise DataError(f"--split={self.split!r} needs three non-negative proportions")
+        parse_split(self.split)
 
 
 def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
-    """Megatron's ``--data-path`` syntax -> (prefixes, weights or None); checks the files."""
-    if not data_path:
-        return [], None
-    if len(data_path) == 1:
-        prefixes, weights = data_path, None
+    """Megatron's ``--data-path`` syntax -> (prefixes, weights or None); checks the files.
+
+    One value is a single prefix; otherwise the values alternate weight and prefix.
+    """
+    if len(data_path) <= 1:
+        prefixes, weights = list(data_path), None
     else:
         if len(data_path) % 2:
             raise DataError(f"--data-path blend needs weight/prefix pairs, got {data_path}")
@@ -54,34 +57,65 @@ def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
             weights = [float(w) for w in data_path[0::2]]
         except ValueError:
             raise DataError(f"--data-path blend weights must be numbers, got {data_path}") from None
-        if min(weights) < 0 or sum(weights) <= 0:
-            raise DataError(f"--data-path weights must be non-negative, got {weights}")
-        prefixes = data_path[1::2]
+        if min(weights) <= 0:
+            raise DataError(f"--data-path blend weights must be positive, got {weights}")
+        prefixes = list(data_path[1::2])
     for prefix in prefixes:
         for suffix in (".bin", ".idx"):
             if not Path(prefix + suffix).is_file():
-                raise DataError(f"data path {prefix!r} has no {prefix + suffix}")
-    return list(prefixes), weights
+                hint = " (give the prefix, without .bin/.idx)" if prefix.endswith(suffix) else ""
+                raise DataError(f"--data-path {prefix!r}: {prefix + suffix} not found{hint}")
+    return prefixes, weights
 
 
-class _TokenizerView:
-    """The attributes megatron's GPTDataset reads from a tokenizer."""
+def parse_split(split: str) -> list[float]:
+    """``"98,2,0"`` -> ``[98.0, 2.0, 0.0]``; missing trailing parts are 0, as in megatron."""
+    try:
+        parts = [float(p) for p in split.split(",")]
+    except ValueError:
+        raise DataError(f"--split={split!r} must be comma-separated numbers") from None
+    if len(parts) > 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise DataError(f"--split={split!r} needs up to three non-negative proportions")
+    return parts + [0.0] * (3 - len(parts))
 
-    def __init__(self, vocab_size: int, eos_id: int) -> None:
-        self.vocab_size = vocab_size
+
+class _EodTokenizer:
+    """The part of a tokenizer that ``GPTDataset`` reads: the end-of-document id.
+
+    ``vocab_size`` is left unknown so megatron reads the token dtype from each ``.idx``.
+    """
+
+    def __init__(self, eos_id: int) -> None:
         self.eod = eos_id
-        self.unique_identifiers = {"vocab_size": vocab_size, "eod": eos_id}
+        self.vocab_size = None
+        self.unique_identifiers = {"class": "EodTokenizer", "eod": eos_id}
 
 
-def build_datasets(
+def build_train_valid_test_datasets(
     config: DataConfig,
     seq_length: int,
     num_samples: tuple[int, int, int],
     seed: int,
-    vocab_size: int,
     eos_id: int,
-) -> list[GPTDataset | None]:
-    """Train/valid/test datasets (blended if weights are given), built by megatron-core."""
+) -> list[Dataset | None]:
+    """Train/valid/test datasets of ``seq_length``-token samples, built by megatron-core.
+
+    Collective: every rank calls it after ``torch.distributed`` is initialised. Rank 0 builds
+    the sample indices into the cache directory, the other ranks then load them, so all ranks
+    see identical samples.
+
+    Args:
+        config: prefixes, blend weights, split and cache directory.
+        seq_length: tokens per sample (each sample reads ``seq_length + 1`` tokens so that
+            inputs and next-token labels both have ``seq_length``).
+        num_samples: samples wanted from each split; a split with weight 0 yields None.
+        seed: seed of the document shuffle and the blend order.
+        eos_id: the EOS id the datasets were preprocessed with.
+
+    Returns:
+        ``[train, valid, test]``; each sample is a dict of ``tokens``, ``labels``,
+        ``loss_mask`` and ``position_ids``, each ``[seq_length]``.
+    """
     prefixes, weights = parse_blend(config.data_path)
     if not prefixes:
         raise DataError("--data-path is required")
@@ -92,18 +126,20 @@ def build_datasets(
         blend=(prefixes, weights),
         split=config.split,
         path_to_cache=cache,
-        tokenizer=_TokenizerView(vocab_size, eos_id),
+        tokenizer=_EodTokenizer(eos_id),
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,
     )
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, gpt_config)
+    builder = BlendedMegatronDatasetBuilder(
+        GPTDataset, list(num_samples), lambda: True, gpt_config
+    )
     return builder.build()
 
 
 def global_batches(
-    dataset,
+    dataset: Dataset,
     global_batch_size: int,
     micro_batch_size: int,
     dp_rank: int,
@@ -112,22 +148,29 @@ def global_batches(
 ) -> Iterator[list[MicroBatch]]:
     """This data-parallel rank's micro-batches of each global batch, from ``consumed_samples``.
 
-    Sample ``consumed + dp_rank * (global / dp) + j`` goes to micro-batch ``j // micro``, so
-    resuming from a saved ``consumed_samples`` continues the exact sample order.
+    Global batch ``g`` is samples ``[g * global, (g + 1) * global)``; rank ``r`` takes the
+    ``r``-th contiguous slice of ``global / dp_size`` samples and cuts it into micro-batches.
+    Everything is a function of ``consumed_samples``, so a run resumed from a saved count
+    continues the exact sample order. Iteration stops before an incomplete global batch.
     """
+    if global_batch_size % (micro_batch_size * dp_size):
+        raise ConfigError(
+            f"global batch size {global_batch_size} is not a multiple of micro batch size "
+            f"{micro_batch_size} x data-parallel size {dp_size}"
+        )
     per_rank = global_batch_size // dp_size
     position = consumed_samples
     while position + global_batch_size <= len(dataset):
         first = position + dp_rank * per_rank
-        samples = [dataset[first + j] for j in range(per_rank)]
-        yield [
-            MicroBatch(
-                torch.stack([s["tokens"] for s in chunk]),
-                torch.stack([s["labels"] for s in chunk]),
-                torch.stack([s["loss_mask"] for s in chunk]).float(),
+        micro_batches = []
+        for start in range(first, first + per_rank, micro_batch_size):
+            samples = [dataset[i] for i in range(start, start + micro_batch_size)]
+            micro_batches.append(
+                MicroBatch(
+                    torch.stack([s["tokens"] for s in samples]),
+                    torch.stack([s["labels"] for s in samples]),
+                    torch.stack([s["loss_mask"] for s in samples]).float(),
+                )
             )
-            for chunk in (
-                samples[k : k + micro_batch_size] for k in range(0, per_rank, micro_batch_size)
-            )
-        ]
+        yield micro_batches
         position += global_batch_size

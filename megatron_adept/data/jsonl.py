@@ -6,30 +6,47 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from megatron_adept.errors import DataError
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for every non-blank line of ``path``."""
+def open_text(path: str | Path) -> IO[str]:
+    """Open a ``.jsonl`` or ``.jsonl.gz`` file for reading, or name the missing file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file {str(path)!r} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-            if not isinstance(item, dict):
-                raise DataError(
-                    f"{path}:{number}: expected a JSON object, got {type(item).__name__}"
-                )
-            yield number, item
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` for every non-blank line, numbered from 1."""
+    with open_text(path) as handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield number, line
+        except (UnicodeDecodeError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: unreadable ({exc})") from None
+
+
+def parse_line(line: str, where: str) -> dict[str, Any]:
+    """One JSON object, or a DataError naming ``where`` (``file:line``)."""
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: malformed JSON ({exc.msg})") from None
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return item
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for every non-blank line of ``path``."""
+    for number, line in read_lines(path):
+        yield number, parse_line(line, f"{path}:{number}")
 
 
 def require_str(item: dict[str, Any], key: str, where: str) -> str:

@@ -1,8 +1,14 @@
-"""JSONL -> megatron-core ``IndexedDataset`` (``.bin``/``.idx``), tokenized in parallel.
+"""JSONL -> megatron-core indexed datasets (``PREFIX.bin``/``PREFIX.idx``), tokenized in parallel.
 
-Each document becomes ``encode(text) + [eos]``. With ``--window``/``--stride`` a document
-longer than the window is stored as overlapping windows (each its own sequence; the last one
-ends with the EOS). Files are written under temporary names and renamed only when complete.
+Every document is stored as ``encode(text) + [eos]``. With ``--window``/``--stride`` a
+document longer than the window is stored as overlapping windows (:mod:`windows`), each its
+own sequence ending with EOS: ``GPTDataset`` concatenates sequences back to back, and the EOS
+marks where a window ends so the model never reads one window running into the repeated
+start of the next.
+
+The main process only reads lines; workers parse, build the document text and tokenize, so
+throughput scales with ``--workers``. Output is written under temporary names and renamed
+only once complete: a failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,22 +16,27 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 from megatron_adept.config.cli import arg
-from megatron_adept.data.jsonl import read_jsonl, require_str
-from megatron_adept.data.tokenizer import Tokenizer, load_tokenizer
+from megatron_adept.data.jsonl import parse_line, read_lines, require_str
+from megatron_adept.data.tokenizer import Tokenizer
 from megatron_adept.data.windows import check_window, window_spans
 from megatron_adept.errors import DataError
 from megatron_adept.parallel.log import get_logger
 
 logger = get_logger(__name__)
+
+PROGRESS_SECONDS = 5.0
+CHUNK_LINES = 32
+"""Lines per task sent to a worker: large enough to amortise inter-process traffic."""
 
 
 @dataclass
@@ -34,7 +45,6 @@ class PreprocessConfig:
 
     input: str = arg(help="Input JSONL file (optionally .gz), one document per line.")
     output_prefix: str = arg(help="Output prefix: writes PREFIX.bin and PREFIX.idx.")
-    tokenizer: str = arg(help="A sentencepiece .model file or a Hugging Face tokenizer directory.")
     workers: int = arg(1, "Tokenizer worker processes.")
     json_keys: list[str] = arg(
         help="Keys holding the text of PT documents (several are joined by a blank line).",
@@ -42,10 +52,13 @@ class PreprocessConfig:
     )
     format: str = arg("pt", "Document format.", choices=("pt", "sft"))
     prompt_key: str = arg("prompt", "SFT: key of the question.")
-    reasoning_key: str | None = arg(None, "SFT: key of the optional reasoning (chain of thought).")
+    reasoning_key: str | None = arg(
+        None, "SFT: key of the optional reasoning (chain of thought); items without it are fine."
+    )
     response_key: str = arg("response", "SFT: key of the answer.")
     window: int | None = arg(None, "Split documents longer than this many tokens into windows.")
     stride: int | None = arg(None, "Start a new window every this many tokens (< --window).")
+    overwrite: bool = arg(False, "Replace existing PREFIX.bin/PREFIX.idx.")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -54,93 +67,149 @@ class PreprocessConfig:
             raise DataError("--window and --stride go together")
         if self.window is not None:
             check_window(self.window, self.stride)
+        if not Path(self.input).is_file():
+            raise DataError(f"input file {self.input!r} does not exist")
         parent = Path(self.output_prefix).parent
         if not parent.is_dir():
             raise DataError(f"directory of --output-prefix {str(parent)!r} does not exist")
+        existing = [p for p in self.output_paths() if Path(p).exists()]
+        if existing and not self.overwrite:
+            raise DataError(f"{existing[0]} exists (pass --overwrite to replace it)")
+
+    def output_paths(self) -> tuple[str, str]:
+        return f"{self.output_prefix}.bin", f"{self.output_prefix}.idx"
 
 
-def document_text(item: dict, config: PreprocessConfig, where: str) -> str:
+@dataclass
+class PreprocessSummary:
+    """What a preprocessing run wrote."""
+
+    documents: int = 0
+    windows: int = 0
+    """Stored sequences: one per document, or one per window of a windowed document."""
+    tokens: int = 0
+    """Stored tokens, EOS and window overlaps included."""
+    seconds: float = 0.0
+
+
+def document_text(item: dict[str, Any], config: PreprocessConfig, where: str) -> str:
     """The pretraining text of one JSONL item.
 
     SFT items become question, reasoning and answer joined by newlines (App. B.4, Example 3).
     """
     if config.format == "sft":
         parts = [require_str(item, config.prompt_key, where)]
-        if config.reasoning_key is not None and item.get(config.reasoning_key):
+        if config.reasoning_key is not None and item.get(config.reasoning_key) is not None:
             parts.append(require_str(item, config.reasoning_key, where))
         parts.append(require_str(item, config.response_key, where))
         return "\n".join(parts)
     return "\n\n".join(require_str(item, key, where) for key in config.json_keys)
 
 
-_worker_tokenizer: Tokenizer | None = None
+class DocumentEncoder:
+    """One numbered JSONL line -> the token sequences it contributes to the dataset."""
+
+    def __init__(self, config: PreprocessConfig, tokenizer: Tokenizer, dtype: type) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+
+    def __call__(self, numbered_line: tuple[int, str]) -> list[np.ndarray]:
+        number, line = numbered_line
+        where = f"{self.config.input}:{number}"
+        ids = self.tokenizer.encode(document_text(parse_line(line, where), self.config, where))
+        if self.config.window is None:
+            spans = [(0, len(ids))]
+        else:
+            spans = window_spans(len(ids), self.config.window, self.config.stride)
+        eos = self.tokenizer.eos_id
+        return [np.array(ids[start:end] + [eos], dtype=self.dtype) for start, end in spans]
 
 
-def _init_worker(tokenizer_path: str) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = load_tokenizer(tokenizer_path)
+_worker_encoder: DocumentEncoder | None = None
+"""The encoder of a pool worker process, installed once by :func:`_install_encoder`."""
 
 
-def _encode(text: str) -> list[int]:
-    return _worker_tokenizer.encode(text) + [_worker_tokenizer.eos_id]
+def _install_encoder(encoder: DocumentEncoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
 
 
-@dataclass
-class PreprocessSummary:
-    documents: int = 0
-    tokens: int = 0
-    windows: int = 0
-    seconds: float = 0.0
+def _encode_in_worker(numbered_line: tuple[int, str]) -> list[np.ndarray]:
+    return _worker_encoder(numbered_line)
 
 
-def _texts(config: PreprocessConfig) -> Iterator[str]:
-    for number, item in read_jsonl(config.input):
-        yield document_text(item, config, f"{config.input}:{number}")
+def _encoded_documents(encoder: DocumentEncoder, workers: int) -> Iterator[list[np.ndarray]]:
+    """Encoded documents in input order, from ``workers`` processes (or this one)."""
+    lines = read_lines(encoder.config.input)
+    if workers == 1:
+        yield from map(encoder, lines)
+        return
+    # fork hands the already-loaded tokenizer to the workers without pickling it.
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_install_encoder, initargs=(encoder,)) as pool:
+        yield from pool.imap(_encode_in_worker, lines, chunksize=CHUNK_LINES)
 
 
-def preprocess(config: PreprocessConfig) -> PreprocessSummary:
-    """Tokenize ``config.input`` into ``config.output_prefix``.bin/.idx."""
-    tokenizer = load_tokenizer(config.tokenizer)
-    dtype = np.uint16 if tokenizer.vocab_size < 65500 else np.int32
+def _write(
+    builder: IndexedDatasetBuilder,
+    documents: Iterator[list[np.ndarray]],
+    on_progress: Callable[[str], None],
+) -> PreprocessSummary:
+    """Append every document's sequences to ``builder``, reporting progress as it goes."""
+    summary = PreprocessSummary()
+    start = last_report = time.monotonic()
+    for sequences in documents:
+        for sequence in sequences:
+            builder.add_document(sequence, [len(sequence)])
+            summary.tokens += len(sequence)
+        summary.documents += 1
+        summary.windows += len(sequences)
+        now = time.monotonic()
+        if now - last_report >= PROGRESS_SECONDS:
+            last_report = now
+            elapsed = now - start
+            on_progress(
+                f"{summary.documents} documents, {summary.tokens} tokens "
+                f"({summary.documents / elapsed:.0f} docs/s, "
+                f"{summary.tokens / elapsed:.0f} tokens/s)"
+            )
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def preprocess(
+    config: PreprocessConfig,
+    tokenizer: Tokenizer,
+    on_progress: Callable[[str], None] = logger.info,
+) -> PreprocessSummary:
+    """Tokenize ``config.input`` into ``config.output_prefix``.bin/.idx.
+
+    Args:
+        config: input, output and document format.
+        tokenizer: encodes the documents; its EOS ends every stored sequence.
+        on_progress: receives a progress line (documents, tokens, rates) every few seconds.
+
+    Returns:
+        Counts of what was written.
+    """
+    dtype = DType.optimal_dtype(tokenizer.vocab_size)
+    encoder = DocumentEncoder(config, tokenizer, dtype)
     prefix = Path(config.output_prefix)
     tmp = prefix.parent / f".{prefix.name}.tmp-{os.getpid()}"
-    summary = PreprocessSummary()
-    start = last_log = time.monotonic()
-    builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtype)
+    tmp_bin, tmp_idx = f"{tmp}.bin", f"{tmp}.idx"
+    builder = IndexedDatasetBuilder(tmp_bin, dtype=dtype)
     try:
-        with multiprocessing.get_context("fork").Pool(
-            config.workers, initializer=_init_worker, initargs=(config.tokenizer,)
-        ) as pool:
-            for ids in pool.imap(_encode, _texts(config), chunksize=64):
-                spans = (
-                    window_spans(len(ids), config.window, config.stride)
-                    if config.window
-                    else [(0, len(ids))]
-                )
-                for begin, end in spans:
-                    builder.add_item(torch.tensor(ids[begin:end], dtype=torch.int64))
-                    builder.end_document()
-                summary.documents += 1
-                summary.tokens += len(ids)
-                summary.windows += len(spans)
-                now = time.monotonic()
-                if now - last_log > 2:
-                    last_log = now
-                    elapsed = now - start
-                    logger.info(
-                        "%d docs, %d tokens (%.0f docs/s, %.0f tokens/s)",
-                        summary.documents,
-                        summary.tokens,
-                        summary.documents / elapsed,
-                        summary.tokens / elapsed,
-                    )
+        with closing(_encoded_documents(encoder, config.workers)) as documents:
+            summary = _write(builder, documents, on_progress)
         if summary.documents == 0:
             raise DataError(f"input file {config.input!r} holds no documents")
-        builder.finalize(f"{tmp}.idx")
-        os.replace(f"{tmp}.bin", f"{prefix}.bin")
-        os.replace(f"{tmp}.idx", f"{prefix}.idx")
+        builder.finalize(tmp_idx)
+        bin_path, idx_path = config.output_paths()
+        os.replace(tmp_bin, bin_path)
+        os.replace(tmp_idx, idx_path)
     finally:
-        for suffix in (".bin", ".idx"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-    summary.seconds = time.monotonic() - start
+        builder.data_file.close()
+        for path in (tmp_bin, tmp_idx):
+            Path(path).unlink(missing_ok=True)
     return summary

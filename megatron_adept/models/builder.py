@@ -142,9 +142,30 @@ def build_model(
     )
     if not init_weights:
         _mark_tensor_parallel_weights(model)
+    if model.post_process and model.vocab_size > arch.vocab_size:
+        model.output_layer.register_forward_hook(_padded_vocab_mask(arch.vocab_size))
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+def _padded_vocab_mask(vocab_size: int):
+    """Forward hook on the output layer: padded vocabulary rows never win the softmax.
+
+    Padding rows would otherwise add exp(0) terms to every token's normaliser and shift the
+    loss away from the unpadded model's (Hugging Face's) value.
+    """
+
+    def hook(module, inputs, output):
+        logits, bias = output
+        shard = logits.shape[-1]
+        start = parallel_state.get_tensor_model_parallel_rank() * shard
+        padded = torch.arange(start, start + shard, device=logits.device) >= vocab_size
+        if padded.any():
+            logits = logits.masked_fill(padded, -1.0e4)
+        return logits, bias
+
+    return hook
 
 
 def _mark_tensor_parallel_weights(model: torch.nn.Module) -> None:

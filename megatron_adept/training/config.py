@@ -1,0 +1,103 @@
+"""Flags of ``pretrain_adept.py`` (Megatron-LM spelling) and their cross-group checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_adept.config.cli import arg
+from megatron_adept.errors import ConfigError
+from megatron_adept.training.modes import MODES
+
+
+@dataclass
+class TrainingConfig:
+    """Batch, length and schedule of the run."""
+
+    train_iters: int = arg(help="Optimizer steps to train for (in total, across resumes).")
+    micro_batch_size: int = arg(1, "Sequences per micro-batch on one data-parallel rank.")
+    global_batch_size: int = arg(8, "Sequences per optimizer step over all data-parallel ranks.")
+    seq_length: int = arg(4096, "Tokens per training sequence.")
+    lr_decay_style: str = arg(
+        "cosine", "Learning-rate decay after warmup.", choices=("cosine", "linear", "constant")
+    )
+    lr_warmup_fraction: float = arg(0.03, "Fraction of --train-iters spent warming up.")
+    seed: int = arg(1234, "Random seed (weights of new tensors, data order, dropout).")
+    recompute_activations: bool = arg(False, "Recompute each layer's activations in backward.")
+
+    def __post_init__(self) -> None:
+        for name in ("micro_batch_size", "global_batch_size", "seq_length", "train_iters"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.lr_warmup_fraction < 1.0:
+            raise ConfigError(f"--lr-warmup-fraction={self.lr_warmup_fraction} must be in [0, 1)")
+
+    @property
+    def warmup_iters(self) -> int:
+        return int(self.lr_warmup_fraction * self.train_iters)
+
+
+@dataclass
+class CheckpointConfig:
+    """Where training starts from and where it saves."""
+
+    load: str = arg(
+        help="A converted/expanded checkpoint (starts fresh) or a training --save directory "
+        "(resumes from its latest iteration)."
+    )
+    save: str | None = arg(None, "Directory for training checkpoints (iter_XXXXXXX/).")
+    save_interval: int | None = arg(
+        None, "Save every this many iterations (and always at the end when --save is set)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.save_interval is not None and self.save_interval <= 0:
+            raise ConfigError(f"--save-interval={self.save_interval} must be > 0")
+
+
+@dataclass
+class LoggingConfig:
+    """Progress output."""
+
+    log_interval: int = arg(10, "Log loss, lr, grad norm and throughput every this many steps.")
+    tensorboard_dir: str | None = arg(None, "Write TensorBoard scalars here (rank 0).")
+
+    def __post_init__(self) -> None:
+        if self.log_interval <= 0:
+            raise ConfigError(f"--log-interval={self.log_interval} must be > 0")
+
+
+@dataclass
+class AdeptConfig:
+    """ADEPT Stage 2: what trains and how unit learning rates are decoupled."""
+
+    mode: str = arg("adept", f"What trains: {', '.join(MODES)}.")
+    probe_data: str | None = arg(
+        None, "General-competence probe corpus (JSONL, as Stage 1) for unit importance."
+    )
+    importance: str | None = arg(
+        None, "Stage-1 importance.json whose 'selected' layers train in --mode no-stage1."
+    )
+    importance_interval: int = arg(500, "Recompute unit importance every this many steps.")
+    adept_lr_floor: float = arg(0.0, "Lower bound of a unit's lr multiplier 2(1-I).")
+    tokenizer: str | None = arg(
+        None, "Tokenizer for the probe corpus (default: the one stored beside --load)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.importance_interval <= 0:
+            raise ConfigError(f"--importance-interval={self.importance_interval} must be > 0")
+        if not 0.0 <= self.adept_lr_floor <= 2.0:
+            raise ConfigError(f"--adept-lr-floor={self.adept_lr_floor} must be in [0, 2]")
+
+
+def validate_batch(training: TrainingConfig, data_parallel_size: int) -> None:
+    """The global batch must split into whole micro-batches on every data-parallel rank."""
+    per_step = training.micro_batch_size * data_parallel_size
+    if training.global_batch_size % per_step:
+        raise ConfigError(
+            f"--global-batch-size={training.global_batch_size} is not divisible by "
+            f"--micro-batch-size x data-parallel size = {training.micro_batch_size} x "
+            f"{data_parallel_size}"
+        )

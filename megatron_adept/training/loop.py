@@ -1,0 +1,276 @@
+"""The Stage-2 trainer: set up, step, refresh unit importance, log, save."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.distributed import DistributedDataParallel
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_adept.checkpoint.mcore_io import load_model_weights
+from megatron_adept.checkpoint.metadata import CheckpointMeta
+from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
+from megatron_adept.data.corpus import corpus_batches, load_corpus
+from megatron_adept.data.datasets import (
+    DataConfig,
+    build_train_valid_test_datasets,
+    global_batches,
+)
+from megatron_adept.data.tokenizer import resolve_tokenizer
+from megatron_adept.errors import DataError
+from megatron_adept.importance.unit_importance import unit_importance
+from megatron_adept.models.builder import build_model
+from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.units import model_units
+from megatron_adept.optimizer.build import OptimizerSettings, build_optimizer, wrap_ddp
+from megatron_adept.optimizer.unit_lr import (
+    AdeptState,
+    UnitKey,
+    decoupled_multipliers,
+    uniform_multipliers,
+)
+from megatron_adept.optimizer.update_scaling import UnitUpdateScaling
+from megatron_adept.parallel.log import get_logger
+from megatron_adept.training.checkpointing import (
+    TrainingState,
+    load_training_state,
+    resolve_load,
+    save_checkpoint,
+)
+from megatron_adept.training.config import (
+    AdeptConfig,
+    CheckpointConfig,
+    LoggingConfig,
+    TrainingConfig,
+)
+from megatron_adept.training.metrics import TrainingMetrics, count_trainable_params
+from megatron_adept.training.modes import TrainPlan, apply_plan, plan_for_mode, stop_backward_below
+from megatron_adept.training.step import StepResult, train_step
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """Every flag group of ``pretrain_adept.py``."""
+
+    training: TrainingConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    adept: AdeptConfig
+    optimizer: OptimizerSettings
+    data: DataConfig
+    parallel: ParallelConfig
+    precision: PrecisionConfig
+
+
+def load_probe_batches(config: RunConfig, weights_dir: Path) -> list[MicroBatch]:
+    """The probe corpus as fixed micro-batches (raises on a missing or empty corpus)."""
+    if config.adept.probe_data is None:
+        raise DataError(f"--mode {config.adept.mode} needs --probe-data (the general corpus)")
+    tokenizer = resolve_tokenizer(config.adept.tokenizer, weights_dir)
+    items = load_corpus(config.adept.probe_data, tokenizer)
+    return corpus_batches(items, config.training.seq_length, config.training.micro_batch_size)
+
+
+@contextmanager
+def _outside_ddp(ddp: DistributedDataParallel) -> Iterator[None]:
+    """Let a backward pass leave plain ``.grad`` fields instead of filling DDP's buffers.
+
+    megatron's DDP hooks move every trainable parameter's gradient into its ``main_grad``
+    buffer, and its schedules call ``finalize_model_grads`` after backward. The importance
+    probe needs neither: with the bucket map emptied the hooks leave ``.grad`` alone, and the
+    training buffers are untouched.
+    """
+    buckets = ddp.param_to_bucket_group
+    finalize = ddp.config.finalize_model_grads_func
+    ddp.param_to_bucket_group = {}
+    ddp.config.finalize_model_grads_func = None
+    try:
+        yield
+    finally:
+        ddp.param_to_bucket_group = buckets
+        ddp.config.finalize_model_grads_func = finalize
+
+
+class Trainer:
+    """One Stage-2 run on this rank: model stage, optimizer, schedule, data and unit lrs."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.weights_dir, self.resume_iteration = resolve_load(config.checkpoint.load)
+        self.meta = CheckpointMeta.load(self.weights_dir)
+        self.plan: TrainPlan = plan_for_mode(
+            config.adept.mode, self.meta.layer_map, config.adept.importance
+        )
+        self.probe_batches = (
+            load_probe_batches(config, self.weights_dir) if self.plan.decoupled else []
+        )
+        self.iteration = 0
+        self.consumed_samples = 0
+        self.adept_state = AdeptState(0, ())
+
+    def setup(self) -> None:
+        """Collective: build and load the model, optimizer, schedule, data and unit lrs."""
+        config, training = self.config, self.config.training
+        self.model = build_model(
+            self.meta.arch,
+            config.parallel,
+            config.precision.params_dtype,
+            training.recompute_activations,
+            init_weights=False,
+        )
+        load_model_weights(self.model, self.weights_dir)
+        apply_plan(self.model, self.plan)
+        self._hooks = stop_backward_below(self.model, self.plan)
+        self.ddp = wrap_ddp(self.model, config.optimizer.use_distributed_optimizer)
+        self.optimizer = build_optimizer(self.ddp, config.optimizer)
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0,
+            max_lr=config.optimizer.lr,
+            min_lr=config.optimizer.min_lr,
+            lr_warmup_steps=training.warmup_iters,
+            lr_decay_steps=training.train_iters,
+            lr_decay_style=training.lr_decay_style,
+            start_wd=config.optimizer.weight_decay,
+            end_wd=config.optimizer.weight_decay,
+            wd_incr_steps=training.train_iters,
+            wd_incr_style="constant",
+        )
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.units = [u for u in model_units(self.model, tp) if u.param.requires_grad]
+        self.unit_keys = self._global_unit_keys()
+        self.scaling = UnitUpdateScaling(self.optimizer, self.units)
+        if self.resume_iteration is not None:
+            state, self.adept_state = load_training_state(
+                self.weights_dir, self.model, self.optimizer, self.scheduler
+            )
+            self.iteration, self.consumed_samples = state.iteration, state.consumed_samples
+            self.scaling.set_multipliers(self.adept_state.multipliers())
+            logger.info(f"resumed from {self.weights_dir} at iteration {self.iteration}")
+        else:
+            self.adept_state = AdeptState(0, tuple(uniform_multipliers(self.unit_keys)))
+        self.batches = self._data_iterator()
+        self.metrics = TrainingMetrics(
+            config.logging.log_interval,
+            config.logging.tensorboard_dir,
+            count_trainable_params(self.model),
+        )
+
+    def _global_unit_keys(self) -> list[UnitKey]:
+        local = sorted({(u.layer, u.unit) for u in self.units})
+        gathered: list[list[UnitKey]] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        return sorted({tuple(key) for part in gathered for key in part})
+
+    def _data_iterator(self) -> Iterator[list[MicroBatch]]:
+        training = self.config.training
+        train, _, _ = build_train_valid_test_datasets(
+            self.config.data,
+            training.seq_length,
+            (training.train_iters * training.global_batch_size, 0, 0),
+            training.seed,
+            self._eos_id(),
+        )
+        return global_batches(
+            train,
+            training.global_batch_size,
+            training.micro_batch_size,
+            parallel_state.get_data_parallel_rank(),
+            parallel_state.get_data_parallel_world_size(),
+            self.consumed_samples,
+        )
+
+    def _eos_id(self) -> int:
+        """EOS of the tokenizer beside the checkpoint (or --tokenizer), else the arch's."""
+        if self.config.adept.tokenizer is not None or self.meta.tokenizer is not None:
+            return resolve_tokenizer(self.config.adept.tokenizer, self.weights_dir).eos_id
+        eos = self.meta.arch.eos_token_id
+        return eos[0] if isinstance(eos, list) else (eos or 0)
+
+    def refresh_importance(self) -> None:
+        """Recompute I_U on the probe corpus and install the new multipliers.
+
+        Runs outside DDP's gradient buffers and restores every RNG state, so the refresh
+        neither leaks gradients into training nor shifts its randomness.
+        """
+        start = time.perf_counter()
+        tracker = tensor_parallel.get_cuda_rng_tracker()
+        tracker_states = tracker.get_states()
+        with torch.random.fork_rng(devices=[]), _outside_ddp(self.ddp):
+            scores = unit_importance(self.model, self.probe_batches).mean()
+        tracker.set_states(tracker_states)
+        trainable = {key: scores[key] for key in self.unit_keys}
+        units = decoupled_multipliers(trainable, self.config.adept.adept_lr_floor)
+        self.adept_state = AdeptState(self.iteration, tuple(units))
+        self.scaling.set_multipliers(self.adept_state.multipliers())
+        self.metrics.refresh(self.iteration, units, time.perf_counter() - start)
+        save = self.config.checkpoint.save
+        if self.iteration == 0 and save is not None and dist.get_rank() == 0:
+            Path(save).mkdir(parents=True, exist_ok=True)
+            self.adept_state.save(save)
+
+    def train_step(self) -> StepResult:
+        start = time.perf_counter()
+        result = train_step(self.ddp, self.optimizer, next(self.batches))
+        lr = self.current_lr()
+        self.scheduler.step(1)
+        self.iteration += 1
+        self.consumed_samples += self.config.training.global_batch_size
+        training = self.config.training
+        self.metrics.step(
+            self.iteration,
+            result.loss,
+            lr,
+            result.grad_norm,
+            training.global_batch_size * training.seq_length,
+            time.perf_counter() - start,
+        )
+        return result
+
+    def current_lr(self) -> float:
+        """The scheduled lr of this step (a unit's lr is this times its multiplier)."""
+        return self.scheduler.get_lr(self.optimizer.param_groups[0])
+
+    def save(self) -> None:
+        save_checkpoint(
+            self.config.checkpoint.save,
+            self.model,
+            self.optimizer,
+            self.meta,
+            TrainingState(self.iteration, self.consumed_samples, self.scheduler.state_dict()),
+            self.adept_state,
+        )
+        logger.info(f"saved iteration {self.iteration} to {self.config.checkpoint.save}")
+
+    def train(self) -> list[StepResult]:
+        """Run until ``--train-iters``; returns the step results of this call."""
+        training, ckpt = self.config.training, self.config.checkpoint
+        results = []
+        while self.iteration < training.train_iters:
+            if self.plan.decoupled and self.iteration % self.config.adept.importance_interval == 0:
+                self.refresh_importance()
+            try:
+                results.append(self.train_step())
+            except StopIteration:
+                raise DataError(
+                    f"the training data ran out after {self.consumed_samples} samples"
+                ) from None
+            due = ckpt.save_interval is not None and self.iteration % ckpt.save_interval == 0
+            if ckpt.save is not None and (due or self.iteration == training.train_iters):
+                self.save()
+        return results
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.scaling.remove()
+        for handle in self._hooks:
+            handle.remove()

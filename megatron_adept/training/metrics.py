@@ -1,0 +1,107 @@
+"""Progress of a training run: periodic step logs, multiplier tables, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_adept.models.units import UNIT_NAMES
+from megatron_adept.optimizer.unit_lr import UnitLr
+from megatron_adept.parallel.log import get_logger
+
+logger = get_logger(__name__)
+
+
+def count_trainable_params(model: torch.nn.Module) -> int:
+    """Trainable parameters of the whole model (all stages, tensor-parallel shards once)."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    local = 0.0
+    for param in model.parameters():
+        if param.requires_grad:
+            sharded = getattr(param, "tensor_model_parallel", False)
+            local += param.numel() if sharded else param.numel() / tp
+    total = torch.tensor(local, dtype=torch.float64)
+    dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
+    return round(total.item())
+
+
+def multiplier_table(units: list[UnitLr]) -> str:
+    """One row per layer, one column per unit, cells ``multiplier``."""
+    present = [u for u in UNIT_NAMES if any(x.unit == u for x in units)]
+    by_layer: dict[int, dict[str, float]] = {}
+    for unit in units:
+        by_layer.setdefault(unit.layer, {})[unit.unit] = unit.multiplier
+    widths = [max(7, len(u)) for u in present]
+    lines = ["layer " + " ".join(f"{u:>{w}}" for u, w in zip(present, widths, strict=True))]
+    for layer in sorted(by_layer):
+        cells = [by_layer[layer].get(u) for u in present]
+        lines.append(
+            f"{layer:>5} "
+            + " ".join(
+                f"{'-':>{w}}" if c is None else f"{c:>{w}.4f}"
+                for c, w in zip(cells, widths, strict=True)
+            )
+        )
+    return "\n".join(lines)
+
+
+class TrainingMetrics:
+    """Logs every ``log_interval`` steps on rank 0; mirrors scalars to TensorBoard if asked."""
+
+    def __init__(
+        self, log_interval: int, tensorboard_dir: str | None, trainable_params: int
+    ) -> None:
+        self.log_interval = log_interval
+        self.trainable_params = trainable_params
+        self._writer = None
+        self._tokens = 0
+        self._seconds = 0.0
+        if tensorboard_dir is not None and dist.get_rank() == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(tensorboard_dir)
+
+    def step(
+        self,
+        iteration: int,
+        loss: float,
+        lr: float,
+        grad_norm: float | None,
+        tokens: int,
+        seconds: float,
+    ) -> None:
+        """Record one optimizer step (``tokens`` over the whole global batch)."""
+        self._tokens += tokens
+        self._seconds += seconds
+        if self._writer is not None:
+            self._writer.add_scalar("train/loss", loss, iteration)
+            self._writer.add_scalar("train/lr", lr, iteration)
+            if grad_norm is not None:
+                self._writer.add_scalar("train/grad_norm", grad_norm, iteration)
+        if iteration % self.log_interval:
+            return
+        throughput = self._tokens / max(self._seconds, 1e-9)
+        if self._writer is not None:
+            self._writer.add_scalar("train/tokens_per_second", throughput, iteration)
+        norm = "n/a" if grad_norm is None else f"{grad_norm:.4e}"
+        logger.info(
+            f"iteration {iteration} | loss {loss:.6f} | lr {lr:.4e} | grad norm {norm} | "
+            f"tokens/s {throughput:.1f} | trainable params {self.trainable_params:,}"
+        )
+        self._tokens, self._seconds = 0, 0.0
+
+    def refresh(self, iteration: int, units: list[UnitLr], seconds: float) -> None:
+        logger.info(
+            f"unit lr multipliers at iteration {iteration} (importance refresh took "
+            f"{seconds:.2f}s):\n{multiplier_table(units)}"
+        )
+        if self._writer is not None:
+            for unit in units:
+                self._writer.add_scalar(
+                    f"multiplier/layer{unit.layer:03d}.{unit.unit}", unit.multiplier, iteration
+                )
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,93 @@
+"""Multiple-choice accuracy by perplexity, as ADEPT evaluates (App. B.9).
+
+  torchrun --nproc-per-node N tools/eval_mc.py --load CKPT --data FILE.jsonl [--shots 5] \\
+      [--out results.json] [--compare CKPT2 ...] \\
+      [--tensor-model-parallel-size T --pipeline-model-parallel-size P]
+
+Also runs as plain `python` in one process; data parallelism is what remains of the world size
+and splits the questions. Items are JSONL lines {"question", "choices": [...], "answer": index}
+with an optional "subject".
+
+Few-shot exemplars: the first --shots items of each subject (in file order; items without a
+subject form one group) are that subject's exemplars and are not scored, so give each
+subject's dev items before its test items. The prompt is
+  [The following are multiple choice questions about SUBJECT.\\n\\n]
+  Question: Q1\\nAnswer: A1\\n\\n ... Question: Q\\nAnswer:
+and each choice is scored as the continuation " CHOICE": its mean negative log-likelihood
+given the prompt. PPL = exp(mean NLL); the prediction is the choice with the lowest PPL.
+
+Prints accuracy per subject and overall, one column per checkpoint (--load, then --compare).
+--out writes JSON: accuracy, subjects (per-subject accuracy), items (per item: nll, the
+per-choice mean NLLs, and pred), and the same for every --compare checkpoint under "compare".
+"""
+
+import torch.distributed as dist
+
+from megatron_adept.checkpoint.atomic import write_json_atomic
+from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
+from megatron_adept.config.cli import build_parser, extract, run_cli
+from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
+from megatron_adept.data.tokenizer import resolve_tokenizer
+from megatron_adept.eval.comparable import shared_vocab_size
+from megatron_adept.eval.multiple_choice import (
+    MultipleChoiceConfig,
+    comparison_table,
+    evaluate_multiple_choice,
+    load_items,
+    prepare_items,
+)
+from megatron_adept.parallel import runtime
+from megatron_adept.parallel.log import get_logger, setup_logging
+
+logger = get_logger("eval_mc")
+
+
+def main() -> None:
+    args = build_parser(__doc__, MultipleChoiceConfig, ParallelConfig, PrecisionConfig).parse_args()
+    config = extract(args, MultipleChoiceConfig)
+    parallel, precision = extract(args, ParallelConfig), extract(args, PrecisionConfig)
+    metas = {ckpt: check_checkpoint_layout(ckpt, parallel) for ckpt in config.checkpoints}
+    items = load_items(config.data)
+    tokenizer = resolve_tokenizer(config.tokenizer, config.load)
+    vocab_size = shared_vocab_size(metas, tokenizer)
+    max_positions = min(meta.arch.max_position_embeddings for meta in metas.values())
+    prepared = prepare_items(
+        items, config.shots, tokenizer, max_positions + 1, config.questions_per_batch
+    )
+    setup_logging()
+    logger.info(
+        "%d questions to score (%d exemplars), %d micro-batches",
+        len(prepared.items),
+        len(items) - len(prepared.items),
+        len(prepared.batches),
+    )
+    runtime.initialize(parallel)
+    try:
+        evaluations = {}
+        for ckpt in config.checkpoints:
+            model, _ = load_model(ckpt, parallel, precision.params_dtype)
+            evaluations[ckpt] = evaluate_multiple_choice(model, prepared, vocab_size)
+            del model
+        if dist.get_rank() == 0:
+            print(comparison_table(evaluations), flush=True)
+            if config.out:
+                result = {
+                    "checkpoint": config.load,
+                    "data": config.data,
+                    "shots": config.shots,
+                    **evaluations[config.load].to_dict(),
+                }
+                if config.compare:
+                    result["compare"] = [
+                        {"checkpoint": ckpt, **evaluations[ckpt].to_dict()}
+                        for ckpt in config.compare
+                    ]
+                write_json_atomic(config.out, result)
+                logger.info("wrote %s", config.out)
+        dist.barrier()
+    finally:
+        runtime.teardown()
+
+
+if __name__ == "__main__":
+    run_cli(main)
