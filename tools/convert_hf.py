@@ -1,13 +1,21 @@
 """Convert Hugging Face checkpoints to megatron-core and back.
 
-  python tools/convert_hf.py --hf-dir DIR --out CKPT [--expand-layers 22,23 | --importance
-      importance.json --k 4 | --uniform-expand 4] [--dtype bf16]
-  python tools/convert_hf.py --to-hf --load CKPT --out DIR
+  python tools/convert_hf.py --hf-dir DIR --out CKPT [--dtype bf16]
+      [--expand-layers 22,23,25,27 | --importance importance.json --k 4 | --uniform-expand 4]
+  python tools/convert_hf.py --to-hf --load CKPT --out DIR [--dtype bf16]
 
 The megatron checkpoint loads at any tensor/pipeline/data-parallel layout. With an expansion
 option the selected layers are duplicated on the way (function-preserving copies right after
-their originals), exactly as tools/expand_ckpt.py does on a megatron checkpoint.
+their originals), exactly as tools/expand_ckpt.py does on a megatron checkpoint. The export
+loads with transformers.AutoModelForCausalLM.from_pretrained(DIR) and keeps the layer map in
+adept_layer_map.json. Runs in one process, on CPU, streaming tensor by tensor.
 """
+# ruff: noqa: E402
+
+import os
+
+# A whole model at TP=1 rarely fits one GPU: conversion runs in host memory on any node.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 from megatron_adept.checkpoint.convert import (
     ConvertConfig,
@@ -24,22 +32,21 @@ from megatron_adept.parallel.log import setup_logging
 
 def main() -> None:
     args = build_parser(__doc__, ConvertConfig, ConvertExpansion).parse_args()
-    config, expansion = extract(args, ConvertConfig), extract(args, ConvertExpansion)
     setup_logging()
+    config, expansion = extract(args, ConvertConfig), extract(args, ConvertExpansion)
     try:
         if config.to_hf:
-            if any(v is not None for v in vars(expansion).values()):
+            if expansion.requested:
                 raise AdeptError("expansion options apply only when converting from Hugging Face")
             convert_mcore_to_hf(
-                config.load,
-                config.out,
-                config.dtype,
-                config.overwrite,
-                int(config.max_shard_size_gb * 2**30),
+                config.load, config.out, config.dtype, config.overwrite, config.max_shard_bytes
             )
         else:
             plan = expansion.plan(ModelArch.from_hf_dir(config.hf_dir).num_layers)
-            convert_hf_to_mcore(config.hf_dir, config.out, config.dtype, plan, config.overwrite)
+            layer_map = None if plan is None else plan.layer_map()
+            convert_hf_to_mcore(
+                config.hf_dir, config.out, config.dtype, layer_map, config.overwrite
+            )
     finally:
         runtime.teardown()
 

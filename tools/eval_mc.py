@@ -27,8 +27,8 @@ from megatron_adept.checkpoint.atomic import write_json_atomic
 from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
 from megatron_adept.config.cli import build_parser, extract, run_cli
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
-from megatron_adept.data.tokenizer import resolve_tokenizer
-from megatron_adept.eval.comparable import shared_vocab_size
+from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
+from megatron_adept.eval.comparable import check_shared_vocabulary
 from megatron_adept.eval.multiple_choice import (
     MultipleChoiceConfig,
     comparison_table,
@@ -43,13 +43,15 @@ logger = get_logger("eval_mc")
 
 
 def main() -> None:
-    args = build_parser(__doc__, MultipleChoiceConfig, ParallelConfig, PrecisionConfig).parse_args()
+    args = build_parser(
+        __doc__, MultipleChoiceConfig, TokenizerConfig, ParallelConfig, PrecisionConfig
+    ).parse_args()
     config = extract(args, MultipleChoiceConfig)
     parallel, precision = extract(args, ParallelConfig), extract(args, PrecisionConfig)
     metas = {ckpt: check_checkpoint_layout(ckpt, parallel) for ckpt in config.checkpoints}
     items = load_items(config.data)
-    tokenizer = resolve_tokenizer(config.tokenizer, config.load)
-    vocab_size = shared_vocab_size(metas, tokenizer)
+    tokenizer = resolve_tokenizer(extract(args, TokenizerConfig).tokenizer, config.load)
+    check_shared_vocabulary(metas, tokenizer)
     max_positions = min(meta.arch.max_position_embeddings for meta in metas.values())
     prepared = prepare_items(
         items, config.shots, tokenizer, max_positions + 1, config.questions_per_batch
@@ -66,7 +68,7 @@ def main() -> None:
         evaluations = {}
         for ckpt in config.checkpoints:
             model, _ = load_model(ckpt, parallel, precision.params_dtype)
-            evaluations[ckpt] = evaluate_multiple_choice(model, prepared, vocab_size)
+            evaluations[ckpt] = evaluate_multiple_choice(model, prepared)
             del model
         if dist.get_rank() == 0:
             print(comparison_table(evaluations), flush=True)

@@ -21,8 +21,8 @@ from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout
 from megatron_adept.config.cli import build_parser, extract, run_cli
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
 from megatron_adept.data.corpus import corpus_batches, load_corpus
-from megatron_adept.data.tokenizer import resolve_tokenizer
-from megatron_adept.eval.comparable import shared_vocab_size
+from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
+from megatron_adept.eval.comparable import check_shared_vocabulary
 from megatron_adept.eval.token_shift import TokenShiftConfig, plot_token_shift, token_shift
 from megatron_adept.parallel import runtime
 from megatron_adept.parallel.log import get_logger, setup_logging
@@ -31,22 +31,22 @@ logger = get_logger("token_shift")
 
 
 def main() -> None:
-    args = build_parser(__doc__, TokenShiftConfig, ParallelConfig, PrecisionConfig).parse_args()
+    args = build_parser(
+        __doc__, TokenShiftConfig, TokenizerConfig, ParallelConfig, PrecisionConfig
+    ).parse_args()
     config = extract(args, TokenShiftConfig)
     parallel, precision = extract(args, ParallelConfig), extract(args, PrecisionConfig)
     metas = {
         ckpt: check_checkpoint_layout(ckpt, parallel) for ckpt in (config.base, config.adapted)
     }
-    tokenizer = resolve_tokenizer(config.tokenizer, config.base)
-    vocab_size = shared_vocab_size(metas, tokenizer)
+    tokenizer = resolve_tokenizer(extract(args, TokenizerConfig).tokenizer, config.base)
+    check_shared_vocabulary(metas, tokenizer)
     items = load_corpus(config.data, tokenizer)
     batches = corpus_batches(items, config.seq_length, config.micro_batch_size)
     setup_logging()
     runtime.initialize(parallel)
     try:
-        shift = token_shift(
-            config.base, config.adapted, parallel, batches, vocab_size, precision.params_dtype
-        )
+        shift = token_shift(config.base, config.adapted, parallel, batches, precision.params_dtype)
         summary = shift.summary(config.top, tokenizer.decode)
         if dist.get_rank() == 0:
             percent = summary["percent"]

@@ -1,15 +1,24 @@
-"""Streamed reading and sharded writing of Hugging Face safetensors checkpoints."""
+"""Hugging Face safetensors checkpoints, read and written one tensor at a time.
+
+Both directions stream. The reader parses each shard's header once and reads a tensor's bytes
+straight into a fresh tensor (no memory map, so nothing but the requested tensor becomes
+resident). The writer is given every tensor's name, shape and dtype up front, so it can lay
+out the shards and write each header before the data arrives; tensors are then appended as
+they come and dropped. The format is the public safetensors layout: an 8-byte little-endian
+header length, a JSON header with ``dtype``/``shape``/``data_offsets`` per tensor, the data.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
-from contextlib import ExitStack
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from megatron_adept.errors import CheckpointError
 
@@ -23,104 +32,235 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "vocab.json",
     "merges.txt",
+    "chat_template.jinja",
 )
 """Files that make up a Hugging Face or sentencepiece tokenizer."""
+GENERATION_FILES = ("generation_config.json",)
+"""Files beside the weights that are not the tokenizer but travel with it to the export."""
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)
 """Buffers some exports include that carry no weights."""
 
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives in a safetensors file."""
+
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    """Absolute byte offset of the data in the file."""
+    nbytes: int
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse a safetensors header without touching the tensor data."""
+    try:
+        with open(path, "rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+        size = path.stat().st_size
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc})") from None
+    infos = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        info = TensorInfo(
+            path, _DTYPES[entry["dtype"]], tuple(entry["shape"]), 8 + length + begin, end - begin
+        )
+        if info.offset + info.nbytes > size:
+            raise CheckpointError(f"{path} is truncated: tensor {name} ends past the file's end")
+        infos[name] = info
+    return infos
+
 
 class SafetensorsReader:
-    """Opens the shards of an HF checkpoint lazily and reads one tensor at a time."""
+    """The tensors of an HF checkpoint directory (one file, or shards with an index)."""
 
     def __init__(self, hf_dir: str | Path) -> None:
         self.hf_dir = Path(hf_dir)
+        self.tensors: dict[str, TensorInfo] = {}
+        for path in self._files():
+            for name, info in read_header(path).items():
+                if not name.endswith(IGNORED_TENSORS):
+                    self.tensors[name] = info
+
+    def _files(self) -> list[Path]:
         index = self.hf_dir / INDEX_FILE
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-        else:
+        if not index.is_file():
             files = sorted(self.hf_dir.glob("*.safetensors"))
             if not files:
                 raise CheckpointError(f"no *.safetensors weights in {str(self.hf_dir)!r}")
-            weight_map = {}
-            for file in files:
-                with safe_open(file, framework="pt") as handle:
-                    weight_map.update({name: file.name for name in handle.keys()})
-        self.weight_map = {
-            name: file for name, file in weight_map.items() if not name.endswith(IGNORED_TENSORS)
-        }
-        self._stack = ExitStack()
-        self._handles: dict[str, object] = {}
-
-    def names(self) -> set[str]:
-        return set(self.weight_map)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
-
-    def _handle(self, name: str):
-        file = self.weight_map[name]
-        if file not in self._handles:
-            path = self.hf_dir / file
+            return files
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+        files = [self.hf_dir / name for name in sorted(set(weight_map.values()))]
+        for path in files:
             if not path.is_file():
                 raise CheckpointError(f"{INDEX_FILE} names missing shard {str(path)!r}")
-            self._handles[file] = self._stack.enter_context(safe_open(path, framework="pt"))
-        return self._handles[file]
+        return files
 
-    def close(self) -> None:
-        self._stack.close()
+    def names(self) -> set[str]:
+        return set(self.tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.tensors[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor into newly allocated memory."""
+        info = self.tensors[name]
+        tensor = torch.empty(info.shape, dtype=info.dtype)
+        buffer = tensor.view(-1).view(torch.uint8).numpy()
+        with open(info.path, "rb") as file:
+            file.seek(info.offset)
+            read = file.readinto(memoryview(buffer))
+        if read != info.nbytes or buffer.nbytes != info.nbytes:
+            raise CheckpointError(f"{info.path}: tensor {name} is truncated or mis-sized")
+        return tensor
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor the writer will receive."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count * self.dtype.itemsize
+
+
+def _shard_groups(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
+    """Consecutive specs packed greedily into shards of at most ``max_shard_bytes``."""
+    groups: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if groups[-1] and size + spec.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(spec)
+        size += spec.nbytes
+    return groups
+
+
+def _header(specs: list[TensorSpec]) -> bytes:
+    entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        entries[spec.name] = {
+            "dtype": _DTYPE_NAMES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % _ALIGN)
+    return struct.pack("<Q", len(text)) + text
 
 
 class SafetensorsWriter:
-    """Writes tensors into shards of at most ``max_shard_bytes``, plus the index."""
+    """Writes a known sequence of tensors as HF shards plus index, holding none of them.
 
-    def __init__(self, out_dir: Path, max_shard_bytes: int) -> None:
-        self.out_dir = out_dir
-        self.max_shard_bytes = max_shard_bytes
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[dict[str, torch.Tensor] | list[str]] = []
-        self.total_bytes = 0
+    Tensors must be passed to :meth:`write` in the order of ``specs``. Shards are named like
+    transformers names them (``model.safetensors`` alone, else ``model-0000i-of-0000n``).
+    """
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
-            self._flush()
-        self._pending[name] = tensor.contiguous()
-        self._pending_bytes += size
-        self.total_bytes += size
+    def __init__(self, out_dir: Path, specs: list[TensorSpec], max_shard_bytes: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.groups = _shard_groups(specs, max_shard_bytes)
+        count = len(self.groups)
+        self.files = (
+            [SINGLE_FILE]
+            if count == 1
+            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        )
+        self._queue = [(shard, spec) for shard, group in enumerate(self.groups) for spec in group]
+        self._written = 0
+        self._shard = -1
+        self._file: BinaryIO | None = None
 
-    def _flush(self) -> None:
-        path = self.out_dir / f"shard-{len(self._shards):05d}.safetensors"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
-        self._shards.append(list(self._pending))
-        self._pending, self._pending_bytes = {}, 0
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._close_file()
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        done = self._written == len(self._queue)
+        shard, spec = (None, None) if done else self._queue[self._written]
+        if spec is None or spec.name != name:
+            raise ValueError(f"tensor {name} written out of order (expected {spec})")
+        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+            raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, declared {spec}")
+        if shard != self._shard:
+            self._open(shard)
+        data = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        self._written += 1
+
+    def _open(self, shard: int) -> None:
+        self._close_file()
+        self._shard = shard
+        self._file = open(self.out_dir / self.files[shard], "wb")
+        self._file.write(_header(self.groups[shard]))
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def close(self) -> None:
-        """Flush, then name the shards ``model-0000i-of-0000n`` (or ``model.safetensors``)."""
-        if self._pending:
-            self._flush()
-        count = len(self._shards)
-        if count == 1:
-            (self.out_dir / "shard-00000.safetensors").rename(self.out_dir / SINGLE_FILE)
+        """Finish the last shard and write the index (for more than one shard)."""
+        self._close_file()
+        if self._written < len(self._queue):
+            missing = self._queue[self._written][1].name
+            raise ValueError(f"tensor {missing} was declared but never written")
+        if len(self.files) == 1:
             return
-        weight_map = {}
-        for i, names in enumerate(self._shards):
-            final = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
-            (self.out_dir / f"shard-{i:05d}.safetensors").rename(self.out_dir / final)
-            weight_map.update({name: final for name in names})
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        weight_map = {
+            spec.name: file
+            for file, group in zip(self.files, self.groups, strict=True)
+            for spec in group
+        }
+        total = sum(spec.nbytes for group in self.groups for spec in group)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def copy_files(src: Path, dst: Path, names: Iterable[str]) -> list[str]:
+    """Copy those of ``names`` that ``src`` holds into ``dst``; returns the names copied."""
+    copied = []
+    for name in names:
+        if (Path(src) / name).is_file():
+            Path(dst).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     """Copy whatever tokenizer files ``src`` holds into ``dst``; returns their names."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
+    return copy_files(src, dst, TOKENIZER_FILES)

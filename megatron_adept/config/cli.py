@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -94,8 +95,16 @@ def add_dataclass_group(parser: argparse.ArgumentParser, cls: type, title: str =
         group.add_argument(flag_name(field), **kwargs)
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad flag as one ``error: ...`` line (exit 2), like every other user error."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(description: str, *groups: type) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for cls in groups:
@@ -114,11 +123,16 @@ def extract(namespace: argparse.Namespace, cls: type[T]) -> T:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a tool's ``main``; user errors become one line on stderr and exit code 2."""
+    """Run a tool's ``main``; user errors become one line on stderr and exit code 2.
+
+    Under torchrun every rank meets the same bad input; only global rank 0 reports it, so a
+    job prints one line, not one per rank.
+    """
     try:
         result = main()
     except AdeptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -132,9 +132,7 @@ def build_train_valid_test_datasets(
         eod_mask_loss=False,
         create_attention_mask=False,
     )
-    builder = BlendedMegatronDatasetBuilder(
-        GPTDataset, list(num_samples), lambda: True, gpt_config
-    )
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, gpt_config)
     return builder.build()
 
 

@@ -95,11 +95,13 @@ class PreprocessSummary:
 def document_text(item: dict[str, Any], config: PreprocessConfig, where: str) -> str:
     """The pretraining text of one JSONL item.
 
-    SFT items become question, reasoning and answer joined by newlines (App. B.4, Example 3).
+    SFT items become question, reasoning and answer joined by newlines (App. B.4, Example 3);
+    an item with no or empty reasoning is question and answer. PT items join their
+    ``--json-keys`` texts with a blank line.
     """
     if config.format == "sft":
         parts = [require_str(item, config.prompt_key, where)]
-        if config.reasoning_key is not None and item.get(config.reasoning_key) is not None:
+        if config.reasoning_key is not None and item.get(config.reasoning_key) not in (None, ""):
             parts.append(require_str(item, config.reasoning_key, where))
         parts.append(require_str(item, config.response_key, where))
         return "\n".join(parts)
@@ -109,7 +111,9 @@ def document_text(item: dict[str, Any], config: PreprocessConfig, where: str) ->
 class DocumentEncoder:
     """One numbered JSONL line -> the token sequences it contributes to the dataset."""
 
-    def __init__(self, config: PreprocessConfig, tokenizer: Tokenizer, dtype: type) -> None:
+    def __init__(
+        self, config: PreprocessConfig, tokenizer: Tokenizer, dtype: type[np.number]
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.dtype = dtype

@@ -28,7 +28,7 @@ class TokenizerConfig:
     tokenizer: str | None = arg(
         None,
         "A sentencepiece .model file, or a directory holding a Hugging Face tokenizer or a "
-        "tokenizer.model; defaults to the tokenizer stored in the checkpoint.",
+        "tokenizer.model. Tools that read a checkpoint default to the tokenizer stored in it.",
     )
 
 

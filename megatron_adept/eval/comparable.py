@@ -7,8 +7,8 @@ from megatron_adept.data.tokenizer import Tokenizer
 from megatron_adept.errors import CheckpointError
 
 
-def shared_vocab_size(metas: dict[str, CheckpointMeta], tokenizer: Tokenizer) -> int:
-    """The vocabulary size all checkpoints share, which must also hold every tokenizer id.
+def check_shared_vocabulary(metas: dict[str, CheckpointMeta], tokenizer: Tokenizer) -> None:
+    """Refuse checkpoints of different vocabularies, or a tokenizer with ids beyond them.
 
     Args:
         metas: checkpoint path -> its metadata.
@@ -27,4 +27,3 @@ def shared_vocab_size(metas: dict[str, CheckpointMeta], tokenizer: Tokenizer) ->
             f"the tokenizer has {tokenizer.vocab_size} tokens but the vocabulary of {first!r} "
             f"has only {sizes[first]}"
         )
-    return sizes[first]

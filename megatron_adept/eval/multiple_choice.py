@@ -45,7 +45,6 @@ from megatron_adept.data.corpus import CorpusItem, corpus_batches
 from megatron_adept.data.jsonl import read_jsonl, require_str
 from megatron_adept.data.tokenizer import Tokenizer
 from megatron_adept.errors import AdeptError, DataError
-from megatron_adept.eval.vocab_parallel import token_nll
 from megatron_adept.models.forward import MicroBatch, run_microbatches
 from megatron_adept.parallel.log import get_logger
 
@@ -77,7 +76,6 @@ class MultipleChoiceConfig:
     compare: list[str] | None = arg(
         None, "More checkpoints to evaluate on the same items, printed side by side."
     )
-    tokenizer: str | None = arg(None, "Tokenizer (default: the one stored beside --load).")
     questions_per_batch: int = arg(
         8, "Questions per forward pass; all choices of a question share the pass."
     )
@@ -256,16 +254,11 @@ def padded_micro_batches(batches: list[QuestionBatch]) -> list[MicroBatch]:
     return [corpus_batches(list(batch.rows), seq_length, rows)[0] for batch in batches]
 
 
-def _mean_row_nll(vocab_size: int):
-    """Output function: the mean NLL over the counted targets of every row."""
-
-    def output_fn(batch: MicroBatch, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nll = token_nll(logits, batch.labels.to(logits.device), vocab_size).double()
-        mask = batch.loss_mask.to(nll.device).double()
-        mean = (nll * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        return logits.sum() * 0, mean.cpu()
-
-    return output_fn
+def _mean_row_nll(batch: MicroBatch, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output function: the mean NLL ``[b]`` over the counted targets of every row."""
+    mask = batch.loss_mask.to(loss.device).double()
+    mean = (loss.double() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return loss.sum() * 0, mean.cpu()
 
 
 @dataclass
@@ -318,15 +311,12 @@ class Evaluation:
 
 
 def _accuracy(items: list[Item], predictions: list[int]) -> float:
-    return sum(item.answer == pred for item, pred in zip(items, predictions, strict=True)) / len(
-        items
-    )
+    correct = sum(item.answer == pred for item, pred in zip(items, predictions, strict=True))
+    return correct / len(items)
 
 
 @torch.no_grad()
-def evaluate_multiple_choice(
-    model: torch.nn.Module, prepared: PreparedItems, vocab_size: int
-) -> Evaluation:
+def evaluate_multiple_choice(model: torch.nn.Module, prepared: PreparedItems) -> Evaluation:
     """Score every choice of every prepared item; collective, the result is on every rank."""
     model.eval()
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -337,20 +327,19 @@ def evaluate_multiple_choice(
         and parallel_state.get_tensor_model_parallel_rank() == 0
     )
     scores: dict[int, list[float]] = {}
-    start = time.monotonic()
+    total = sum(len(batch.questions) for batch in mine)
+    done, start = 0, time.monotonic()
     for first in range(0, len(mine), MICRO_BATCHES_PER_RUN):
         run = mine[first : first + MICRO_BATCHES_PER_RUN]
-        means = run_microbatches(
-            model, padded_micro_batches(run), _mean_row_nll(vocab_size), True, with_labels=False
-        )
+        means = run_microbatches(model, padded_micro_batches(run), _mean_row_nll, True)
         if keeps_results:
             for batch, row_means in zip(run, means, strict=True):
                 scores.update(batch.split(row_means.tolist()))
-        done = first + len(run)
+        done += sum(len(batch.questions) for batch in run)
         logger.info(
-            "scored %d/%d micro-batches per data-parallel rank (%.2f micro-batches/s)",
+            "scored %d/%d questions per data-parallel rank (%.1f questions/s)",
             done,
-            len(mine),
+            total,
             done / max(time.monotonic() - start, 1e-9),
         )
     gathered: list[Any] = [None] * dist.get_world_size()

@@ -54,7 +54,6 @@ class TokenShiftConfig:
     top: int = arg(20, "Number of shifted tokens to list.")
     seq_length: int = arg(512, "Tokens per sequence (longer items are truncated).")
     micro_batch_size: int = arg(4, "Sequences per forward pass.")
-    tokenizer: str | None = arg(None, "Tokenizer (default: the one stored beside --base).")
 
     def __post_init__(self) -> None:
         if self.seq_length < 2 or self.micro_batch_size < 1 or self.top < 0:
@@ -155,7 +154,6 @@ def token_shift(
     adapted: str,
     parallel: ParallelConfig,
     batches: list[MicroBatch],
-    vocab_size: int,
     params_dtype: torch.dtype = torch.float32,
 ) -> TokenShift:
     """Collective: greedy tokens of ``adapted`` ranked by ``base``; the result is on every rank.
@@ -165,9 +163,7 @@ def token_shift(
     dp_rank = parallel_state.get_data_parallel_rank()
     mine = batches[dp_rank :: parallel_state.get_data_parallel_world_size()]
     logger.info("adapted model %s: greedy tokens of %d micro-batches", adapted, len(mine))
-    greedy = _run(
-        adapted, parallel, mine, params_dtype, lambda _, logits: greedy_tokens(logits, vocab_size)
-    )
+    greedy = _run(adapted, parallel, mine, params_dtype, lambda _, logits: greedy_tokens(logits))
     if greedy:
         mine = [
             MicroBatch(b.tokens, g.cpu(), b.loss_mask) for b, g in zip(mine, greedy, strict=True)
@@ -178,7 +174,7 @@ def token_shift(
         parallel,
         mine,
         params_dtype,
-        lambda batch, logits: token_ranks(logits, batch.labels.to(logits.device), vocab_size),
+        lambda batch, logits: token_ranks(logits, batch.labels.to(logits.device)),
     )
     local = ([], [])
     if _keeps_results():
@@ -208,10 +204,11 @@ def plot_token_shift(summary: dict[str, Any], path: str | Path, title: str = "")
     percent = [summary["percent"][name] for name in CLASSES]
     shares.bar(CLASSES, percent, color=["tab:green", "tab:orange", "tab:red"])
     shares.set_ylabel("% of positions")
+    shares.set_ylim(0, 110)
     shares.set_title(f"{summary['positions']} positions")
     for x, value in enumerate(percent):
         shares.text(x, value, f"{value:.2f}%", ha="center", va="bottom")
-    labels = [repr(entry["token"]) for entry in top]
+    labels = [f"{entry['token']!r} ({entry['token_id']})" for entry in top]
     tokens.barh(range(len(top)), [entry["ratio"] for entry in top], color="tab:red")
     tokens.set_yticks(range(len(top)), labels)
     tokens.invert_yaxis()

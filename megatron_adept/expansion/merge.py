@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
-from megatron_adept.checkpoint.hf_io import copy_tokenizer_files
-from megatron_adept.checkpoint.mcore_io import load_model_weights, save_model
+from megatron_adept.checkpoint.convert import SIDE_FILES, save_whole_model
+from megatron_adept.checkpoint.hf_io import copy_files
+from megatron_adept.checkpoint.layer_copies import original_positions
+from megatron_adept.checkpoint.mcore_io import load_model_weights
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta, LayerMap
 from megatron_adept.config.cli import arg
 from megatron_adept.config.parallel import ParallelConfig, dtype_from_name
 from megatron_adept.errors import AdeptError, CheckpointError
-from megatron_adept.expansion.expand import original_positions
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.builder import build_model
 from megatron_adept.parallel import runtime
@@ -136,6 +137,7 @@ def merge_expansions(
     overwrite: bool = False,
 ) -> CheckpointMeta:
     """Write the merged checkpoint to ``out`` (atomically); ``weights`` must sum to 1."""
+    base = Path(base)
     base_meta = CheckpointMeta.load(base)
     metas = {path: CheckpointMeta.load(path) for path in inputs}
     layer_map = check_mergeable(base_meta, metas)
@@ -165,22 +167,22 @@ def merge_expansions(
     del reader, read_copies, read_originals
     for name, param in merged_copies.items():
         param.copy_(sums[name])
+    side_files = base_meta.tokenizer_path(base) or base / TOKENIZER_DIR
+    has_tokenizer = base_meta.tokenizer is not None and side_files.is_dir()
     meta = CheckpointMeta(
         arch,
         layer_map,
         source={
             "tool": "merge_expansions",
-            "base": str(Path(base).resolve()),
+            "base": str(base.resolve()),
             "inputs": [str(Path(path).resolve()) for path in inputs],
             "weights": weights,
             "parents": [metas[path].source for path in inputs],
         },
-        tokenizer=base_meta.tokenizer,
+        tokenizer=TOKENIZER_DIR if has_tokenizer else None,
     )
     with atomic_output_dir(out, overwrite) as tmp:
-        tokenizer = base_meta.tokenizer_path(base)
-        if tokenizer is not None:
-            copy_tokenizer_files(tokenizer, tmp / TOKENIZER_DIR)
-        save_model(merged, tmp, meta)
+        save_whole_model(merged, tmp, meta)
+        copy_files(side_files, tmp / TOKENIZER_DIR, SIDE_FILES)
     logger.info("wrote %s: copy layers %s merged", out, layer_map.copy_indices)
     return meta

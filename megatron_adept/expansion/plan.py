@@ -1,12 +1,15 @@
 """Which layers ADEPT duplicates, and where the copies go.
 
 A plan is a sorted set of 0-based original layer indices. Each selected layer gets one copy,
-inserted directly after it; the resulting :class:`LayerMap` records every layer's origin.
+inserted directly after it; :meth:`ExpansionPlan.layer_map` records every layer's origin. The
+layers come from an explicit list, from a Stage-1 ``importance.json`` (the ``k`` lowest
+``layer_scores``) or from LLaMA-Pro's uniform placement.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,25 +20,26 @@ from megatron_adept.errors import AdeptError
 
 @dataclass(frozen=True)
 class ExpansionPlan:
-    """Original layers to duplicate (0-based, sorted, unique)."""
+    """Original layers to duplicate (0-based, sorted, unique) in a model of ``num_layers``."""
 
     selected: tuple[int, ...]
+    num_layers: int
     how: str
     """How the layers were chosen, recorded in the checkpoint's provenance."""
 
-    def layer_map(self, num_layers: int) -> LayerMap:
+    def layer_map(self) -> LayerMap:
         """Originals in order, each selected one followed by its copy."""
         entries: list[LayerEntry] = []
-        for layer in range(num_layers):
+        for layer in range(self.num_layers):
             entries.append(LayerEntry("original", layer))
             if layer in self.selected:
                 entries.append(LayerEntry("copy", layer))
         return LayerMap(tuple(entries))
 
 
-def _check_k(k: int, num_layers: int) -> None:
-    if k <= 0 or k > num_layers:
-        raise AdeptError(f"--k={k} must be between 1 and the number of layers ({num_layers})")
+def _check_k(k: int, num_layers: int, flag: str = "--k") -> None:
+    if not 1 <= k <= num_layers:
+        raise AdeptError(f"{flag}={k} must be between 1 and the number of layers ({num_layers})")
 
 
 def from_layer_list(text: str, num_layers: int) -> ExpansionPlan:
@@ -52,7 +56,7 @@ def from_layer_list(text: str, num_layers: int) -> ExpansionPlan:
     duplicates = sorted({x for x in layers if layers.count(x) > 1})
     if duplicates:
         raise AdeptError(f"duplicate layer index {duplicates[0]} in {text!r}")
-    return ExpansionPlan(tuple(sorted(layers)), f"layers {text}")
+    return ExpansionPlan(tuple(sorted(layers)), num_layers, f"layers {text}")
 
 
 def lowest_scores(scores: list[float], k: int) -> list[int]:
@@ -62,99 +66,124 @@ def lowest_scores(scores: list[float], k: int) -> list[int]:
     return sorted(order[:k])
 
 
-def from_importance(path: str | Path, k: int, num_layers: int) -> ExpansionPlan:
-    """The ``k`` least important layers of a Stage-1 ``importance.json``."""
+def read_layer_scores(path: str | Path) -> list[float]:
+    """``layer_scores`` of an ``importance.json`` written by ``tools/probe_importance.py``."""
     try:
         scores = json.loads(Path(path).read_text())["layer_scores"]
     except FileNotFoundError:
         raise AdeptError(f"importance file {str(path)!r} does not exist") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise AdeptError(f"{path}: not an importance.json ({type(exc).__name__}: {exc})") from None
+    if not isinstance(scores, list) or not all(
+        isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores
+    ):
+        raise AdeptError(f"{path}: layer_scores must be a list of finite numbers")
+    return scores
+
+
+def from_importance(path: str | Path, k: int, num_layers: int) -> ExpansionPlan:
+    """The ``k`` least important layers of a Stage-1 ``importance.json``."""
+    scores = read_layer_scores(path)
     if len(scores) != num_layers:
         raise AdeptError(
             f"{path} scores {len(scores)} layers but the model has {num_layers}: "
             "it was computed on a different model"
         )
-    return ExpansionPlan(tuple(lowest_scores(scores, k)), f"importance {path}, k={k}")
+    return ExpansionPlan(tuple(lowest_scores(scores, k)), num_layers, f"importance {path}, k={k}")
 
 
-def uniform(k: int, num_layers: int) -> ExpansionPlan:
-    """LLaMA-Pro placement: copies of layers L/k-1, 2L/k-1, ..., L-1."""
-    _check_k(k, num_layers)
+def uniform(k: int, num_layers: int, flag: str = "--k") -> ExpansionPlan:
+    """LLaMA-Pro placement: copies of layers L/k-1, 2L/k-1, ..., L-1 (0-based)."""
+    _check_k(k, num_layers, flag)
     if num_layers % k:
         raise AdeptError(
             f"uniform expansion needs k to divide the layer count: {num_layers} % {k} != 0"
         )
     step = num_layers // k
-    return ExpansionPlan(tuple(step * (j + 1) - 1 for j in range(k)), f"uniform k={k}")
+    return ExpansionPlan(tuple(step * (j + 1) - 1 for j in range(k)), num_layers, f"uniform k={k}")
 
 
-def select_plan(
-    num_layers: int,
-    layers: str | None = None,
-    importance: str | None = None,
-    k: int | None = None,
-    uniform_k: int | None = None,
-) -> ExpansionPlan | None:
-    """The plan from exactly one selection mode, or None when no mode is given."""
-    modes = [
-        name
-        for name, value in (("layers", layers), ("importance", importance), ("uniform", uniform_k))
-        if value is not None
-    ]
-    if len(modes) > 1:
-        raise AdeptError(f"give exactly one layer selection, got {' and '.join(modes)}")
-    if layers is not None:
-        return from_layer_list(layers, num_layers)
-    if importance is not None:
-        if k is None:
-            raise AdeptError("--importance needs --k")
-        return from_importance(importance, k, num_layers)
-    if uniform_k is not None:
-        return uniform(uniform_k, num_layers)
-    if k is not None:
-        raise AdeptError("--k needs --importance (or use --uniform)")
-    return None
+def _only_mode(given: dict[str, bool]) -> str | None:
+    """The one selection flag that was given, None if none; more than one is an error."""
+    chosen = [flag for flag, present in given.items() if present]
+    if len(chosen) > 1:
+        raise AdeptError(
+            f"give exactly one layer selection ({', '.join(given)}), got {' and '.join(chosen)}"
+        )
+    return chosen[0] if chosen else None
 
 
 @dataclass
-class ExpandSelection:
-    """Which layers ``expand_ckpt.py`` duplicates: exactly one of the three modes."""
+class ImportanceSelection:
+    """Selection from a Stage-1 probe: shared by every tool that expands."""
+
+    importance: str | None = arg(
+        None, "Duplicate the --k least important layers of this importance.json (Stage-1 probe)."
+    )
+    k: int | None = arg(
+        None, "Number of layers to duplicate (with --importance, or --uniform of expand_ckpt.py)."
+    )
+
+
+@dataclass
+class ExpandSelection(ImportanceSelection):
+    """Which layers expand_ckpt.py duplicates: exactly one of the three modes."""
 
     layers: str | None = arg(
         None, "Comma-separated 0-based original layer indices, e.g. 22,23,25,27."
     )
-    importance: str | None = arg(None, "importance.json from probe_importance.py (with --k).")
-    k: int | None = arg(None, "Number of layers to duplicate (with --importance or --uniform).")
     uniform: bool = arg(False, "LLaMA-Pro placement: copies of layers L/k-1, 2L/k-1, ..., L-1.")
 
     def plan(self, num_layers: int) -> ExpansionPlan:
-        if self.uniform and self.k is None:
-            raise AdeptError("--uniform needs --k")
-        plan = select_plan(
-            num_layers,
-            self.layers,
-            self.importance,
-            None if self.uniform else self.k,
-            self.k if self.uniform else None,
+        mode = _only_mode(
+            {
+                "--layers": self.layers is not None,
+                "--importance": self.importance is not None,
+                "--uniform": self.uniform,
+            }
         )
-        if plan is None:
+        if mode is None:
             raise AdeptError("give one of --layers, --importance with --k, or --uniform with --k")
-        return plan
+        if mode == "--layers":
+            if self.k is not None:
+                raise AdeptError("--k goes with --importance or --uniform, not with --layers")
+            return from_layer_list(self.layers, num_layers)
+        if self.k is None:
+            raise AdeptError(f"{mode} needs --k")
+        if mode == "--importance":
+            return from_importance(self.importance, self.k, num_layers)
+        return uniform(self.k, num_layers)
 
 
 @dataclass
-class ConvertExpansion:
-    """Optional layer expansion while converting from Hugging Face."""
+class ConvertExpansion(ImportanceSelection):
+    """Optional layer expansion while converting from Hugging Face (at most one mode)."""
 
     expand_layers: str | None = arg(None, "Duplicate these 0-based layers, e.g. 22,23,25,27.")
-    importance: str | None = arg(
-        None, "Duplicate the --k least important layers of importance.json."
-    )
-    k: int | None = arg(None, "Number of layers to duplicate (with --importance).")
     uniform_expand: int | None = arg(None, "Duplicate K layers with LLaMA-Pro's uniform placement.")
 
     def plan(self, num_layers: int) -> ExpansionPlan | None:
-        return select_plan(
-            num_layers, self.expand_layers, self.importance, self.k, self.uniform_expand
+        mode = _only_mode(
+            {
+                "--expand-layers": self.expand_layers is not None,
+                "--importance": self.importance is not None,
+                "--uniform-expand": self.uniform_expand is not None,
+            }
         )
+        if self.k is not None and mode != "--importance":
+            raise AdeptError("--k goes with --importance")
+        if mode == "--expand-layers":
+            return from_layer_list(self.expand_layers, num_layers)
+        if mode == "--importance":
+            if self.k is None:
+                raise AdeptError("--importance needs --k")
+            return from_importance(self.importance, self.k, num_layers)
+        if mode == "--uniform-expand":
+            return uniform(self.uniform_expand, num_layers, "--uniform-expand")
+        return None
+
+    @property
+    def requested(self) -> bool:
+        """Whether any expansion flag was given."""
+        flags = (self.expand_layers, self.importance, self.uniform_expand, self.k)
+        return any(value is not None for value in flags)

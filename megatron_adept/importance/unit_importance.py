@@ -1,124 +1,231 @@
-"""Unit importance: mean |θ·∂L/∂θ| over each unit's elements (ADEPT Sec. 3.2, Fig. 2).
+"""Unit importance I_U = mean |θ·∂L/∂θ| over each unit's elements (ADEPT Sec. 3.2, Fig. 2).
 
-Gradients of the mean probe loss are computed with megatron's schedules (any TP/PP), summed
-over data-parallel ranks, and turned into per-unit statistics: Σ|θ·g|, Σg² (for the Fisher
-alternative) and the element count. Tensor-parallel shards add up across TP (replicated norms
-are counted once); pipeline stages exchange their layers so every rank returns every layer.
-The model's ``.grad`` fields are cleared before and after, so nothing leaks into a later
-training step.
+L is the probe loss: the mean over every counted token of the probe corpus. Its gradient is
+the sum of the micro-batch gradients over all data-parallel ranks, so I_U does not depend on
+the micro-batch size or on the parallel layout. Tensor-parallel shards of a unit add their
+sums and element counts (replicated norms count once); pipeline stages exchange their layers,
+so every rank returns every layer.
+
+Stage 2 recomputes I_U during training, so :func:`unit_importance` leaves the model as it
+found it: gradients come from ``torch.autograd.grad`` (never ``.grad`` or megatron DDP's
+``main_grad``), the model runs in eval mode (no dropout, so no random numbers are drawn, and
+no activation recomputation, whose backward would accumulate into ``.grad``), and the
+training mode is restored afterwards. The probe corpus is passed in; no training data is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_adept.models.forward import MicroBatch, run_microbatches
-from megatron_adept.models.units import model_units
+from megatron_adept.data.corpus import counted_tokens
+from megatron_adept.importance.pipeline import (
+    PipelineStage,
+    comm_device,
+    data_parallel_share,
+    eval_mode,
+    micro_batch_gradients,
+    sum_last_stage_values,
+)
+from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.units import UNIT_NAMES, UnitSlice, model_units
+
+UnitKey = tuple[int, str]
+"""(0-based global layer index, unit name from :data:`UNIT_NAMES`)."""
 
 
 @dataclass(frozen=True)
-class UnitStats:
-    abs_taylor_sum: float
-    """Σ |θ·∂L/∂θ| over the unit's elements."""
-    taylor_sum: float
-    """Σ θ·∂L/∂θ (signed), for the cumulative method."""
-    grad_sq_sum: float
-    """Σ (∂L/∂θ)², for the Fisher method."""
-    count: int
+class UnitStat:
+    """A per-unit total over the unit's elements, across every shard."""
 
-    @property
-    def mean_abs_taylor(self) -> float:
-        return self.abs_taylor_sum / self.count
+    sum: float
+    count: int
+    """Number of elements of the unit (whole unit, all tensor-parallel shards)."""
+    mean: float
 
 
 @dataclass(frozen=True)
 class UnitImportance:
-    """Statistics per (layer, unit), identical on every rank."""
+    """Σ|θ·∂L/∂θ|, element count and mean per (layer, unit); identical on every rank."""
 
-    stats: dict[tuple[int, str], UnitStats]
+    units: dict[UnitKey, UnitStat]
     loss: float
+    """The probe loss L at which the gradient was taken."""
+    counted_tokens: int
 
-    def mean(self) -> dict[tuple[int, str], float]:
-        return {key: value.mean_abs_taylor for key, value in self.stats.items()}
+    def mean(self) -> dict[UnitKey, float]:
+        """I_U for every scored unit."""
+        return {key: stat.mean for key, stat in self.units.items()}
 
     def layers(self) -> list[int]:
-        return sorted({layer for layer, _ in self.stats})
+        return sorted({layer for layer, _ in self.units})
+
+    def per_layer(self) -> list[dict[str, float]]:
+        """``{unit: mean}`` for every layer, in :data:`UNIT_NAMES` order (layers 0..L-1)."""
+        layers = self.layers()
+        rows: list[dict[str, float]] = [{} for _ in range(layers[-1] + 1 if layers else 0)]
+        for (layer, unit), stat in sorted(self.units.items(), key=_unit_order):
+            rows[layer][unit] = stat.mean
+        return rows
 
 
-def _global_counted_tokens(batches: list[MicroBatch]) -> float:
-    local = torch.tensor(float(sum(b.loss_mask.sum().item() for b in batches)), dtype=torch.float64)
-    dist.all_reduce(local, group=parallel_state.get_data_parallel_group())
-    return local.item()
+def _unit_order(item: tuple[UnitKey, UnitStat]) -> tuple[int, int]:
+    (layer, unit), _ = item
+    return layer, UNIT_NAMES.index(unit)
 
 
-def unit_importance(model: torch.nn.Module, batches: list[MicroBatch]) -> UnitImportance:
-    """Per-unit gradient statistics of the mean probe loss for a bare ``GPTModel`` stage.
+@dataclass
+class LossGradient:
+    """∂L/∂θ for the requested units' parameters on this rank, summed over data parallelism."""
+
+    slices: list[UnitSlice]
+    grads: dict[int, torch.Tensor]
+    """fp32 gradient per parameter, keyed by ``id(param)``."""
+    loss: float
+    counted_tokens: int
+
+    def grad(self, unit: UnitSlice) -> torch.Tensor:
+        return unit.values(self.grads[id(unit.param)])
+
+    def taylor(self, unit: UnitSlice) -> torch.Tensor:
+        """θ·∂L/∂θ element-wise over ``unit`` (fp32)."""
+        return unit.values(unit.param.detach()).float() * self.grad(unit)
+
+    def unit_sums(self, elements: Callable[[UnitSlice], torch.Tensor]) -> torch.Tensor:
+        """float64 ``[len(slices)]``: Σ ``elements(unit)`` for each of this rank's slices."""
+        if not self.slices:
+            return torch.zeros(0, dtype=torch.float64, device=comm_device())
+        return torch.stack([elements(unit).double().sum() for unit in self.slices])
+
+
+def requested_units(model: torch.nn.Module, only_trainable: bool) -> list[UnitSlice]:
+    """This stage's units; with ``only_trainable``, those whose parameter requires grad."""
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    units = model_units(model, tp_size)
+    return [u for u in units if u.param.requires_grad] if only_trainable else units
+
+
+def unique_params(units: Sequence[UnitSlice]) -> list[torch.nn.Parameter]:
+    params: dict[int, torch.nn.Parameter] = {}
+    for unit in units:
+        params.setdefault(id(unit.param), unit.param)
+    return list(params.values())
+
+
+def loss_gradient(
+    model: torch.nn.Module,
+    batches: Sequence[MicroBatch],
+    only_trainable: bool = False,
+) -> LossGradient:
+    """The probe loss and its gradient w.r.t. every unit (or every trainable unit).
+
+    Collective over the whole world. ``batches`` must be identical on every rank; each
+    data-parallel rank processes its share.
+    """
+    total = counted_tokens(list(batches))
+    units = requested_units(model, only_trainable)
+    params = unique_params(units)
+    grads = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}
+    loss_sum = torch.zeros((), dtype=torch.float64, device=comm_device())
+    with eval_mode(model):
+        stage = PipelineStage(model)
+        share = data_parallel_share(batches)
+        for step, batch_loss in micro_batch_gradients(stage, share, params, 1.0 / max(total, 1)):
+            for param, grad in zip(params, step, strict=True):
+                grads[id(param)] += grad
+            if batch_loss is not None:
+                loss_sum += batch_loss.double()
+    _sum_over_data_parallel(list(grads.values()))
+    loss = sum_last_stage_values(loss_sum.reshape(1), (1,)).item() / max(total, 1)
+    return LossGradient(units, grads, loss, total)
+
+
+def _sum_over_data_parallel(tensors: list[torch.Tensor]) -> None:
+    group = parallel_state.get_data_parallel_group()
+    if not tensors or dist.get_world_size(group) == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, group=group)
+    for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        tensor.copy_(part.view_as(tensor))
+
+
+def unit_numel(unit: UnitSlice) -> int:
+    """Elements of ``unit`` in this rank's shard."""
+    rows = unit.param.shape[0] if unit.rows is None else len(unit.rows)
+    return rows * unit.param[0].numel() if unit.param.dim() > 1 else rows
+
+
+def unit_totals(
+    units: Sequence[UnitSlice], sums: torch.Tensor, sum_over_data_parallel: bool = False
+) -> dict[UnitKey, UnitStat]:
+    """Per-(layer, unit) totals of per-slice sums, with element counts, on every rank.
 
     Args:
-        model: this rank's stage (not wrapped in DDP).
-        batches: the probe micro-batches; data-parallel ranks take every dp-th one.
+        units: this stage's unit slices (the same list on every tensor-parallel rank).
+        sums: float64 ``[len(units)]``: this rank's sum of some element-wise statistic over
+            each slice (e.g. Σ|θ·g|).
+        sum_over_data_parallel: add the sums of all data-parallel ranks (for statistics each
+            rank computed on its own share of the data); counts are never summed over DP.
     """
-    dp_rank = parallel_state.get_data_parallel_rank()
-    dp_size = parallel_state.get_data_parallel_world_size()
-    local = batches[dp_rank::dp_size]
-    total = _global_counted_tokens(batches[: len(batches)])
-    model.eval()
-    params = [p for p in model.parameters()]
-    requires = [p.requires_grad for p in params]
-    for param in params:
-        param.requires_grad_(True)
-        param.grad = None
-    num_micro = max(len(local), 1)
+    sums = sums.to(comm_device(), torch.float64)
+    counts = sums.new_tensor([unit_numel(u) for u in units])
+    rows = torch.stack([sums, counts], dim=1)
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    if dist.get_world_size(tp_group) > 1:
+        # Replicated tensors (norms) contribute from TP rank 0 only: counted once.
+        tp_rank = dist.get_rank(tp_group)
+        keep = [float(u.tp_sharded or tp_rank == 0) for u in units]
+        rows *= rows.new_tensor(keep).unsqueeze(1)
+        dist.all_reduce(rows, group=tp_group)
+    if sum_over_data_parallel:
+        column = rows[:, 0].contiguous()
+        dist.all_reduce(column, group=parallel_state.get_data_parallel_group())
+        rows[:, 0] = column
+    local: dict[UnitKey, list[float]] = {}
+    for unit, (total, count) in zip(units, rows.tolist(), strict=True):
+        entry = local.setdefault((unit.layer, unit.unit), [0.0, 0.0])
+        entry[0] += total
+        entry[1] += count
+    pp_group = parallel_state.get_pipeline_model_parallel_group()
+    stages: list[dict[UnitKey, list[float]] | None] = [None] * dist.get_world_size(pp_group)
+    dist.all_gather_object(stages, local, group=pp_group)
+    return {
+        key: UnitStat(total, int(count), total / count)
+        for part in stages
+        for key, (total, count) in part.items()
+    }
 
-    def output_fn(batch: MicroBatch, per_token: torch.Tensor):
-        summed = (per_token.float() * batch.loss_mask.to(per_token.device)).sum()
-        # The schedule divides by the number of micro-batches; undo it so that the gradient
-        # is that of the mean over every counted token of the corpus.
-        return summed * num_micro / total, summed.detach()
 
-    sums = run_microbatches(model, local, output_fn, forward_only=False) if local else []
-    for param in params:
-        if param.grad is not None:
-            dist.all_reduce(param.grad, group=parallel_state.get_data_parallel_group())
-    tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    local_stats: dict[tuple[int, str], list[float]] = {}
-    for unit in model_units(model, tp_size):
-        grad = unit.param.grad
-        theta = unit.values(unit.param.detach()).float()
-        g = torch.zeros_like(theta) if grad is None else unit.values(grad).float()
-        taylor = theta * g
-        row = torch.stack([taylor.abs().sum(), taylor.sum(), (g * g).sum()]).double()
-        if unit.tp_sharded:
-            dist.all_reduce(row, group=parallel_state.get_tensor_model_parallel_group())
-        entry = local_stats.setdefault((unit.layer, unit.unit), [0.0, 0.0, 0.0, 0])
-        entry[0] += row[0].item()
-        entry[1] += row[1].item()
-        entry[2] += row[2].item()
-        entry[3] += theta.numel() * (tp_size if unit.tp_sharded else 1)
-    for param, flag in zip(params, requires, strict=True):
-        param.grad = None
-        param.requires_grad_(flag)
-    gathered: list[dict] = [None] * parallel_state.get_pipeline_model_parallel_world_size()
-    dist.all_gather_object(
-        gathered, local_stats, group=parallel_state.get_pipeline_model_parallel_group()
+def unit_importance(
+    model: torch.nn.Module,
+    batches: Sequence[MicroBatch],
+    only_trainable: bool = False,
+) -> UnitImportance:
+    """I_U = mean |θ·∂L/∂θ| for every unit (Stage 1) or every trainable unit (Stage 2).
+
+    Collective over the whole world; works on a bare ``GPTModel`` stage or one wrapped in
+    megatron's DDP, in train or eval mode, and leaves gradients, gradient buffers, the random
+    number generators and the training mode untouched.
+
+    Args:
+        model: this rank's pipeline stage.
+        batches: probe micro-batches (from :func:`megatron_adept.data.corpus.corpus_batches`),
+            identical on every rank.
+        only_trainable: score only units whose parameters require grad (Stage 2 trains a few
+            copied layers); the backward pass then stops at the lowest of them.
+    """
+    gradient = loss_gradient(model, batches, only_trainable)
+    return importance_from_gradient(gradient)
+
+
+def importance_from_gradient(gradient: LossGradient) -> UnitImportance:
+    """Mean |θ·∂L/∂θ| per unit from an already computed gradient."""
+    sums = gradient.unit_sums(lambda unit: gradient.taylor(unit).abs())
+    return UnitImportance(
+        unit_totals(gradient.slices, sums), gradient.loss, gradient.counted_tokens
     )
-    merged = {key: UnitStats(*value) for part in gathered for key, value in part.items()}
-    loss = _mean_loss(sums, total)
-    return UnitImportance(merged, loss)
-
-
-def _mean_loss(sums: list[torch.Tensor], total: float) -> float:
-    local = torch.stack(sums).sum().double() if sums else torch.zeros((), dtype=torch.float64)
-    local = local.reshape(1)
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(
-            local,
-            src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )
-    dist.all_reduce(local, group=parallel_state.get_data_parallel_group())
-    return (local / total).item()

@@ -133,6 +133,16 @@ class ModelArch:
             scaling_factor = float(rope["factor"])
         elif rope_type != "default":
             raise ConfigError(f"unsupported rope_type={rope_type!r}; supported: default, llama3")
+        required = (
+            "num_hidden_layers",
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "vocab_size",
+        )
+        missing = [key for key in required if key not in config]
+        if missing:
+            raise ConfigError(f"{model_type} config lacks {', '.join(missing)}")
         heads = config["num_attention_heads"]
         dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
         return cls(

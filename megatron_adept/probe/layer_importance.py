@@ -1,92 +1,157 @@
-"""Stage 1: layer importance by masking, with prefix reuse (ADEPT Sec. 2.2, Alg. 1).
+"""Layer importance by masking (ADEPT Sec. 2.2, Alg. 1 lines 2-8), with prefix reuse.
 
-I(l) = L(model with layer l bypassed through the residual) - L_base, where a bypassed layer's
-output equals its input and L is the mean loss over all counted tokens of the probe corpus.
+I(l) = L(layer l bypassed) - L_base, where a bypassed layer's output equals its input (the
+residual path) and L is the mean loss over every counted token of the probe corpus.
 
-The hidden state entering layer l is the same as in the unmasked pass, so the probe caches the
-base pass's layer inputs and computes the masked variant of layer l from there: layers l+1..
-L-1 only. Per micro-batch that is about L^2/2 layer forwards instead of L^2 (``reuse_prefix``
-False gives the naive cost, for benchmarking). Under pipeline parallelism every stage caches
-its own layer inputs; a variant starts on the stage owning layer l and flows to the last stage
-by point-to-point sends. Data-parallel ranks share the micro-batches and sum the losses.
+The hidden state entering layer l is the same with and without the bypass, so the probe
+caches the base pass's layer inputs and computes the variant "l bypassed" from there: layers
+l+1..L-1 only. A micro-batch then costs L + L(L-1)/2 layer forwards instead of L + L(L-1) = L^2.
+Under pipeline parallelism each stage caches its own layers' inputs and starts the variants
+of its own layers from them; the later stages run those variants in full, as they must. Every
+stage walks the variants in the same order (base, then l = 0..L-1), so each forward send has
+exactly one matching receive.
+
+The naive variant (``reuse_prefix=False``) runs megatron's own pipeline schedule once per
+variant; it is the baseline of ``benchmarks/probe_prefix_reuse.py`` and an independent path
+for tests.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state
 
-from megatron_adept.models.forward import MicroBatch
-from megatron_adept.models.stage_runner import StageRunner
+from megatron_adept.data.corpus import counted_tokens
+from megatron_adept.importance.pipeline import (
+    PipelineStage,
+    bypassed,
+    comm_device,
+    counted_loss_sum,
+    data_parallel_share,
+    eval_mode,
+    sum_last_stage_values,
+)
+from megatron_adept.models.forward import MicroBatch, run_microbatches
+from megatron_adept.models.units import layer_index
+from megatron_adept.parallel.log import get_logger
+
+logger = get_logger(__name__)
+
+_LOG_EVERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
-class MaskingResult:
+class MaskingLosses:
+    """Probe losses of the base model and of every single-layer bypass (every rank)."""
+
     base_loss: float
     masked_losses: list[float]
-    """Loss with layer l bypassed, for every layer l (0-based, all stages)."""
+    """Loss with layer l bypassed, for l = 0..L-1."""
     counted_tokens: int
 
     @property
     def layer_scores(self) -> list[float]:
+        """I(l) = L(l bypassed) - L_base."""
         return [loss - self.base_loss for loss in self.masked_losses]
 
 
-@torch.no_grad()
 def masking_probe(
-    model: torch.nn.Module, batches: list[MicroBatch], num_layers: int, reuse_prefix: bool = True
-) -> MaskingResult:
-    """Losses of the base model and of every single-layer bypass, identical on every rank."""
-    model.eval()
-    runner = StageRunner(model)
-    owners = _stage_of_layer(runner, num_layers)
-    dp_rank = parallel_state.get_data_parallel_rank()
-    dp_size = parallel_state.get_data_parallel_world_size()
-    variants = [None, *range(num_layers)]
-    sums = torch.zeros(len(variants), dtype=torch.float64)
-    count = torch.zeros((), dtype=torch.float64)
-    for batch in batches[dp_rank::dp_size]:
-        seq, micro = batch.tokens.shape[1], batch.tokens.shape[0]
-        shape, dtype = (seq, micro, model.config.hidden_size), model.config.params_dtype
-        rotary = runner.rotary(seq)
-        cache: list[torch.Tensor] = []
-        for slot, skip in enumerate(variants):
-            start_stage = 0 if skip is None or not reuse_prefix else owners[skip]
-            if runner.stage < start_stage:
-                continue
-            if skip is None:
-                hidden = runner.embed(batch) if runner.first else runner.recv_prev(shape, dtype)
-                hidden, cache = runner.run_layers_caching(hidden, rotary)
-            elif reuse_prefix and runner.stage == start_stage:
-                position = runner.indices.index(skip)
-                hidden = runner.run_layers(cache[position], rotary, start=position + 1)
-            else:
-                hidden = runner.embed(batch) if runner.first else runner.recv_prev(shape, dtype)
-                hidden = runner.run_layers(hidden, rotary, skip=skip)
-            if runner.last:
-                mask = batch.loss_mask.to(hidden.device).double()
-                sums[slot] += (runner.token_losses(hidden, batch).double() * mask).sum().cpu()
-            else:
-                runner.send_next(hidden)
-        count += batch.loss_mask.double().sum()
-    return _reduce(sums, count, runner)
+    model: torch.nn.Module,
+    batches: Sequence[MicroBatch],
+    reuse_prefix: bool = True,
+) -> MaskingLosses:
+    """Masking importance of every decoder layer; collective over the whole world.
+
+    Args:
+        model: this rank's pipeline stage (bare ``GPTModel`` or wrapped in megatron's DDP).
+        batches: probe micro-batches, identical on every rank; data-parallel ranks split them.
+        reuse_prefix: start each variant from the cached base-pass hidden state (about half
+            the layer forwards); False runs every variant from the embeddings.
+    """
+    total = counted_tokens(list(batches))
+    with eval_mode(model), torch.no_grad():
+        stage = PipelineStage(model)
+        share = data_parallel_share(batches)
+        sums = torch.zeros(stage.config.num_layers + 1, dtype=torch.float64, device=comm_device())
+        started = time.monotonic()
+        if reuse_prefix:
+            _prefix_reuse_sums(stage, share, sums, started)
+        else:
+            _naive_sums(model, stage, share, sums)
+        totals = sum_last_stage_values(sums, tuple(sums.shape))
+    losses = (totals / max(total, 1)).tolist()
+    logger.info(
+        "masking probe: %d variants x %d micro-batches in %.1fs",
+        len(losses),
+        len(batches),
+        time.monotonic() - started,
+    )
+    return MaskingLosses(losses[0], losses[1:], total)
 
 
-def _stage_of_layer(runner: StageRunner, num_layers: int) -> list[int]:
-    owned = torch.full((num_layers,), -1, dtype=torch.long)
-    owned[runner.indices] = runner.stage
-    dist.all_reduce(owned, op=dist.ReduceOp.MAX, group=runner.group)
-    return owned.tolist()
+@contextmanager
+def captured_inputs(layers: Sequence[torch.nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the hidden states entering each of ``layers`` (by global index) during a pass."""
+    inputs: dict[int, torch.Tensor] = {}
+
+    def record(layer, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        inputs[layer_index(layer)] = hidden.detach().clone()
+
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+    try:
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
-def _reduce(sums: torch.Tensor, count: torch.Tensor, runner: StageRunner) -> MaskingResult:
-    """Sum over data-parallel ranks, then give every stage the last stage's numbers."""
-    totals = torch.cat([sums, count.reshape(1)])
-    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    last = parallel_state.get_pipeline_model_parallel_last_rank()
-    dist.broadcast(totals, src=last, group=runner.group)
-    losses = (totals[:-1] / totals[-1]).tolist()
-    return MaskingResult(losses[0], losses[1:], int(totals[-1].item()))
+def _prefix_reuse_sums(
+    stage: PipelineStage, batches: list[MicroBatch], sums: torch.Tensor, started: float
+) -> None:
+    """Add each variant's counted-token loss sum to ``sums[0]`` (base) and ``sums[1 + l]``."""
+    last_log = started
+    for done, batch in enumerate(batches, start=1):
+        with captured_inputs(stage.layers) as inputs:
+            output = stage.forward(batch, stage.recv_forward(batch))
+        _finish(stage, batch, output, sums, 0)
+        for layer in range(stage.indices[-1] + 1):
+            if stage.owns(layer):
+                prefix = [index for index in stage.indices if index <= layer]
+                output = stage.forward(batch, inputs[layer], bypass=prefix)
+            else:  # a layer of an earlier stage: its variant flows through this whole stage
+                output = stage.forward(batch, stage.recv_forward(batch))
+            _finish(stage, batch, output, sums, layer + 1)
+        if time.monotonic() - last_log > _LOG_EVERY_SECONDS or done == len(batches):
+            last_log = time.monotonic()
+            logger.info("masking probe: %d/%d micro-batches", done, len(batches))
+
+
+def _finish(
+    stage: PipelineStage, batch: MicroBatch, output: torch.Tensor, sums: torch.Tensor, slot: int
+) -> None:
+    if stage.last:
+        sums[slot] += counted_loss_sum(output, batch).double()
+    else:
+        stage.send_forward(output)
+
+
+def _naive_sums(
+    model: torch.nn.Module, stage: PipelineStage, batches: list[MicroBatch], sums: torch.Tensor
+) -> None:
+    """Every variant through megatron's forward-only schedule, from the embeddings."""
+
+    def output_fn(batch: MicroBatch, per_token_loss: torch.Tensor):
+        loss_sum = counted_loss_sum(per_token_loss, batch)
+        return loss_sum, loss_sum.double()
+
+    variants = [None, *range(stage.config.num_layers)]
+    for slot, skip in enumerate(variants):
+        with bypassed(stage.layers_at([skip])):
+            results = run_microbatches(model, batches, output_fn, forward_only=True)
+        if stage.last and results:
+            sums[slot] += torch.stack(results).sum()

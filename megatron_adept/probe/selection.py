@@ -1,30 +1,34 @@
-"""Which layers to expand: the k least important, and a suggested k."""
+"""Which layers Stage 1 expands: the k least important, and a suggested k.
+
+Suggested k: the largest jump in the ascending sorted layer scores among the lowest quarter.
+With scores sorted s_1 <= s_2 <= ... <= s_L, k = argmax over 1 <= k <= max(1, L // 4) of
+s_{k+1} - s_k (the smallest such k on ties). The k layers below the jump are the ones clearly
+less important than the rest: the discrete knee of the curve's flat start. The search stops
+at a quarter of the depth because ADEPT's expansions are that size or smaller (4 of 28-36
+layers for Qwen3, 8 of 32 for Llama3-8B on a language it knows poorly) and because the
+curve's largest jumps overall are the few vital layers at the top end (often layer 0 and the
+last layers), which no knee rule should select. A flat curve gives k = 1.
+"""
 
 from __future__ import annotations
 
-from megatron_adept.expansion.plan import lowest_scores
+from collections.abc import Sequence
+
+from megatron_adept.errors import AdeptError
 
 
-def suggested_k(scores: list[float]) -> int:
-    """Knee of the ascending score curve, capped at a quarter of the layers.
+def least_important(scores: Sequence[float], k: int) -> list[int]:
+    """The ``k`` lowest-scoring layers, 0-based and sorted (ties go to the lower index)."""
+    if not 1 <= k <= len(scores):
+        raise AdeptError(f"--k={k} must be between 1 and the number of layers ({len(scores)})")
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    return sorted(order[:k])
 
-    With the sorted scores scaled to [0, 1] on both axes, the knee is the point farthest
-    below the chord from the first to the last point: after it, importance rises steeply.
-    The cap keeps the suggestion in the paper's range (4 of 28-36 layers for Qwen3, 8 of 32
-    for Llama3-8B on a language it knows poorly).
-    """
-    count = len(scores)
-    cap = max(1, count // 4)
+
+def suggested_k(scores: Sequence[float]) -> int:
+    """The number of layers before the largest early jump in the sorted scores."""
     ordered = sorted(scores)
-    span = ordered[-1] - ordered[0]
-    if count < 3 or span <= 0:
-        return cap
-    gaps = [i / (count - 1) - (value - ordered[0]) / span for i, value in enumerate(ordered)]
-    knee = max(range(count), key=lambda i: (gaps[i], -i))
-    return min(max(1, knee), cap)
-
-
-def select_layers(scores: list[float], k: int | None) -> tuple[int, list[int]]:
-    """(k used, the k lowest-scoring layers, 0-based and sorted)."""
-    k = suggested_k(scores) if k is None else k
-    return k, lowest_scores(scores, k)
+    limit = min(max(1, len(ordered) // 4), len(ordered) - 1)
+    if limit < 1:
+        return 1
+    return max(range(1, limit + 1), key=lambda k: (ordered[k] - ordered[k - 1], -k))

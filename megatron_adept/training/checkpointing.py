@@ -36,8 +36,9 @@ from megatron.core.dist_checkpointing.validation import StrictHandling
 from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_adept.checkpoint.hf_io import copy_tokenizer_files
 from megatron_adept.checkpoint.mcore_io import model_sharded_state_dict
-from megatron_adept.checkpoint.metadata import CheckpointMeta
+from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta
 from megatron_adept.errors import CheckpointError
 from megatron_adept.optimizer.unit_lr import AdeptState
 
@@ -118,6 +119,7 @@ def save_checkpoint(
     meta: CheckpointMeta,
     state: TrainingState,
     adept: AdeptState,
+    tokenizer: Path | None = None,
 ) -> Path:
     """Collective: write ``SAVE/iter_XXXXXXX`` and advance the tracker to it.
 
@@ -128,6 +130,7 @@ def save_checkpoint(
         meta: the run's checkpoint metadata (its ``iteration`` is set here).
         state: counters and scheduler state.
         adept: the multipliers in force.
+        tokenizer: the run's tokenizer directory, copied in so the checkpoint stands alone.
     """
     final = iteration_dir(save, state.iteration)
     tmp = final.parent / f".{final.name}.tmp"
@@ -144,8 +147,14 @@ def save_checkpoint(
     torch.save(_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
+        if tokenizer is not None:
+            copy_tokenizer_files(tokenizer, tmp / TOKENIZER_DIR)
         CheckpointMeta(
-            meta.arch, meta.layer_map, meta.source, meta.tokenizer, state.iteration
+            meta.arch,
+            meta.layer_map,
+            meta.source,
+            TOKENIZER_DIR if tokenizer is not None else None,
+            state.iteration,
         ).save(tmp)
         (tmp / TRAINING_STATE_FILE).write_text(
             json.dumps(

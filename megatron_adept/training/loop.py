@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_adept.checkpoint.mcore_io import load_model_weights
@@ -78,26 +75,6 @@ def load_probe_batches(config: RunConfig, weights_dir: Path) -> list[MicroBatch]
     tokenizer = resolve_tokenizer(config.adept.tokenizer, weights_dir)
     items = load_corpus(config.adept.probe_data, tokenizer)
     return corpus_batches(items, config.training.seq_length, config.training.micro_batch_size)
-
-
-@contextmanager
-def _outside_ddp(ddp: DistributedDataParallel) -> Iterator[None]:
-    """Let a backward pass leave plain ``.grad`` fields instead of filling DDP's buffers.
-
-    megatron's DDP hooks move every trainable parameter's gradient into its ``main_grad``
-    buffer, and its schedules call ``finalize_model_grads`` after backward. The importance
-    probe needs neither: with the bucket map emptied the hooks leave ``.grad`` alone, and the
-    training buffers are untouched.
-    """
-    buckets = ddp.param_to_bucket_group
-    finalize = ddp.config.finalize_model_grads_func
-    ddp.param_to_bucket_group = {}
-    ddp.config.finalize_model_grads_func = None
-    try:
-        yield
-    finally:
-        ddp.param_to_bucket_group = buckets
-        ddp.config.finalize_model_grads_func = finalize
 
 
 class Trainer:
@@ -199,14 +176,13 @@ class Trainer:
     def refresh_importance(self) -> None:
         """Recompute I_U on the probe corpus and install the new multipliers.
 
-        Runs outside DDP's gradient buffers and restores every RNG state, so the refresh
-        neither leaks gradients into training nor shifts its randomness.
+        ``unit_importance`` leaves DDP's gradient buffers zeroed and the CPU RNG untouched; the
+        model-parallel RNG tracker is restored here, so the refresh shifts no randomness.
         """
         start = time.perf_counter()
         tracker = tensor_parallel.get_cuda_rng_tracker()
         tracker_states = tracker.get_states()
-        with torch.random.fork_rng(devices=[]), _outside_ddp(self.ddp):
-            scores = unit_importance(self.model, self.probe_batches).mean()
+        scores = unit_importance(self.model, self.probe_batches, only_trainable=True).mean()
         tracker.set_states(tracker_states)
         trainable = {key: scores[key] for key in self.unit_keys}
         units = decoupled_multipliers(trainable, self.config.adept.adept_lr_floor)
@@ -248,6 +224,7 @@ class Trainer:
             self.meta,
             TrainingState(self.iteration, self.consumed_samples, self.scheduler.state_dict()),
             self.adept_state,
+            self.meta.tokenizer_path(self.weights_dir),
         )
         logger.info(f"saved iteration {self.iteration} to {self.config.checkpoint.save}")
 

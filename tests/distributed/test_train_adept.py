@@ -68,6 +68,8 @@ def test_adept_keeps_frozen_tensors_bit_identical_with_a_frozen_pipeline_stage(
             "3",
             "--train-iters",
             "2",
+            "--adept-lr-floor",  # with floor 0 the most important unit would not move at all
+            "0.2",
             "--save",
             str(save),
         ),
@@ -86,9 +88,7 @@ def test_pt_full_changes_every_tensor(train_inputs, tmp_path):
     run_torchrun(
         PRETRAIN,
         1,
-        pretrain_args(
-            train_inputs, "--mode", "pt-full", "--train-iters", "1", "--save", str(save)
-        ),
+        pretrain_args(train_inputs, "--mode", "pt-full", "--train-iters", "1", "--save", str(save)),
     )
     diffs = _diffs(train_inputs.expanded, save / "iter_0000001", tmp_path / "diff.json")
     assert all(value > 0.0 for value in diffs.values()), diffs

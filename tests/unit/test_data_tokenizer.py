@@ -66,6 +66,10 @@ def test_path_that_is_neither_kind(tmp_path):
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(DataError, match="junk.model' is not a sentencepiece model"):
         load_tokenizer(tmp_path / "junk.model")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("{broken")
+    with pytest.raises(DataError, match="cannot load tokenizer from '.*broken': Expecting"):
+        load_tokenizer(tmp_path / "broken")
 
 
 def _checkpoint(path, tokenizer=None):

@@ -25,8 +25,7 @@ def main() -> None:
     runtime.initialize(parallel, seed=1234)
     for out, layout in zip(outputs[0::2], outputs[1::2], strict=True):
         entries = tuple(
-            LayerEntry("original" if e[0] == "o" else "copy", int(e[1:]))
-            for e in layout.split(",")
+            LayerEntry("original" if e[0] == "o" else "copy", int(e[1:])) for e in layout.split(",")
         )
         arch = replace(arch_for(preset), num_layers=len(entries), vocab_size=int(vocab))
         model = build_model(arch, parallel)

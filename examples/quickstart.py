@@ -1,0 +1,358 @@
+"""The whole ADEPT pipeline on the bundled demo corpora, on CPU, in a few minutes.
+
+  bash examples/quickstart.sh [OUT_DIR]        (sets up the environment, then runs this)
+
+Stages: train a tokenizer -> pretrain a small Llama-style base model on the general corpus
+(cached) -> export it to Hugging Face format and start from there like a user would ->
+convert -> probe layer importance -> expand the k least important layers -> ADEPT training on
+the domain corpus with TP=2 under torchrun -> export -> evaluate base vs adapted (held-out
+loss and multiple-choice accuracy on both corpora). Writes OUT_DIR/summary.json and the
+importance heatmap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "data"
+PRESET = "demo-llama"
+VOCAB = 2048
+SEQ = 128
+BASE_ITERS = 200
+ADEPT_ITERS = 60
+MIN_FREE_BYTES = 2 * 2**30
+
+
+class QuickstartError(Exception):
+    pass
+
+
+def tool(name: str) -> list[str]:
+    return [sys.executable, str(REPO / "tools" / name)]
+
+
+def torchrun(nproc: int, script: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(script),
+    ]
+
+
+class Pipeline:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.times: dict[str, float] = {}
+
+    def run(self, stage: str, cmd: list[str]) -> None:
+        print(f"\n=== {stage} ===", flush=True)
+        start = time.monotonic()
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        result = subprocess.run([str(c) for c in cmd], env=env)
+        self.times[stage] = self.times.get(stage, 0.0) + time.monotonic() - start
+        if result.returncode != 0:
+            raise QuickstartError(f"stage '{stage}' failed (exit code {result.returncode})")
+
+    def base_model(self, tokenizer: Path, general: Path) -> Path:
+        """Pretrained base model as an HF directory, cached by data and recipe."""
+        recipe = f"{PRESET}-{VOCAB}-{SEQ}-{BASE_ITERS}"
+        digest = hashlib.sha256(recipe.encode())
+        for path in sorted(DATA.glob("general_train.jsonl")) + [tokenizer / "tokenizer.model"]:
+            digest.update(path.read_bytes())
+        cached = self.out / "cache" / f"base-{digest.hexdigest()[:12]}"
+        if (cached / "config.json").is_file():
+            print(f"\n=== base model: cached at {cached} ===")
+            self.times["pretrain base (cached)"] = 0.0
+            return cached
+        work = self.out / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        self.run(
+            "init base model",
+            tool("init_model.py")
+            + ["--preset", PRESET, "--tokenizer", tokenizer, "--out", work / "init_hf"],
+        )
+        self.run(
+            "convert init",
+            tool("convert_hf.py") + ["--hf-dir", work / "init_hf", "--out", work / "init_ckpt"],
+        )
+        self.run(
+            "pretrain base",
+            [
+                sys.executable,
+                REPO / "pretrain_adept.py",
+                "--load",
+                work / "init_ckpt",
+                "--data-path",
+                general,
+                "--mode",
+                "pt-full",
+                "--save",
+                work / "base_run",
+                "--train-iters",
+                BASE_ITERS,
+                "--global-batch-size",
+                16,
+                "--micro-batch-size",
+                8,
+                "--seq-length",
+                SEQ,
+                "--lr",
+                "3e-3",
+                "--min-lr",
+                "3e-4",
+                "--lr-warmup-fraction",
+                "0.05",
+                "--weight-decay",
+                "0.01",
+                "--log-interval",
+                50,
+                "--split",
+                "100,0,0",
+            ],
+        )
+        latest = (work / "base_run" / "latest_checkpointed_iteration.txt").read_text().strip()
+        self.run(
+            "export base",
+            tool("convert_hf.py")
+            + [
+                "--to-hf",
+                "--load",
+                work / "base_run" / f"iter_{int(latest):07d}",
+                "--out",
+                work / "base_hf",
+            ],
+        )
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work / "base_hf", cached)
+        shutil.rmtree(work, ignore_errors=True)
+        return cached
+
+    def evaluate(self, name: str, ckpt: Path) -> dict:
+        losses = self.out / f"{name}_losses.json"
+        self.run(
+            f"evaluate {name}: held-out loss",
+            tool("eval_loss.py")
+            + [
+                "--load",
+                ckpt,
+                "--data",
+                DATA / "general_eval.jsonl",
+                DATA / "domain_eval.jsonl",
+                "--seq-length",
+                SEQ,
+                "--out",
+                losses,
+            ],
+        )
+        scores = json.loads(losses.read_text())
+        result = {
+            "general_loss": scores[str(DATA / "general_eval.jsonl")]["loss"],
+            "domain_loss": scores[str(DATA / "domain_eval.jsonl")]["loss"],
+        }
+        for corpus in ("general", "domain"):
+            out = self.out / f"{name}_{corpus}_mc.json"
+            self.run(
+                f"evaluate {name}: {corpus} multiple choice",
+                tool("eval_mc.py")
+                + [
+                    "--load",
+                    ckpt,
+                    "--data",
+                    DATA / f"{corpus}_mc.jsonl",
+                    "--shots",
+                    "0",
+                    "--out",
+                    out,
+                ],
+            )
+            result[f"{corpus}_mc_acc"] = json.loads(out.read_text())["accuracy"]
+        return result
+
+
+def check_output(out: Path) -> None:
+    parent = out if out.exists() else out.parent
+    if not parent.exists():
+        raise QuickstartError(f"parent directory of {out} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise QuickstartError(f"output directory {parent} is not writable")
+    free = shutil.disk_usage(parent).free
+    if free < MIN_FREE_BYTES:
+        raise QuickstartError(
+            f"only {free / 2**30:.2f} GiB free under {parent}; "
+            f"the quickstart needs {MIN_FREE_BYTES / 2**30:.0f} GiB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "out", nargs="?", default=str(REPO / "runs" / "quickstart"), help="Output directory."
+    )
+    out = Path(parser.parse_args().out).resolve()
+    start = time.monotonic()
+    try:
+        check_output(out)
+        out.mkdir(parents=True, exist_ok=True)
+        pipe = Pipeline(out)
+        tokenizer = out / "tokenizer"
+        if not (tokenizer / "tokenizer.model").is_file():
+            pipe.run(
+                "train tokenizer",
+                tool("train_tokenizer.py")
+                + [
+                    "--input",
+                    DATA / "general_train.jsonl",
+                    DATA / "domain_train.jsonl",
+                    "--vocab-size",
+                    VOCAB,
+                    "--output",
+                    tokenizer,
+                ],
+            )
+        data = out / "data"
+        data.mkdir(exist_ok=True)
+        for corpus in ("general", "domain"):
+            pipe.run(
+                f"preprocess {corpus}",
+                tool("preprocess_data.py")
+                + [
+                    "--input",
+                    DATA / f"{corpus}_train.jsonl",
+                    "--output-prefix",
+                    data / corpus,
+                    "--tokenizer",
+                    tokenizer,
+                    "--workers",
+                    "2",
+                    "--overwrite",
+                ],
+            )
+        base_hf = pipe.base_model(tokenizer, data / "general")
+        for stale in ("base_ckpt", "expanded", "adept_run", "adept_hf"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        pipe.run(
+            "convert base",
+            tool("convert_hf.py") + ["--hf-dir", base_hf, "--out", out / "base_ckpt"],
+        )
+        pipe.run(
+            "probe (Stage 1)",
+            tool("probe_importance.py")
+            + [
+                "--load",
+                out / "base_ckpt",
+                "--probe-data",
+                DATA / "general_probe.jsonl",
+                "--out",
+                out / "importance.json",
+                "--plot",
+                out / "importance.png",
+                "--seq-length",
+                SEQ,
+            ],
+        )
+        importance = json.loads((out / "importance.json").read_text())
+        pipe.run(
+            "expand",
+            tool("expand_ckpt.py")
+            + [
+                "--load",
+                out / "base_ckpt",
+                "--out",
+                out / "expanded",
+                "--importance",
+                out / "importance.json",
+                "--k",
+                importance["suggested_k"],
+            ],
+        )
+        pipe.run(
+            "ADEPT training (Stage 2, TP=2)",
+            torchrun(2, REPO / "pretrain_adept.py")
+            + [
+                "--load",
+                out / "expanded",
+                "--data-path",
+                data / "domain",
+                "--mode",
+                "adept",
+                "--probe-data",
+                DATA / "general_probe.jsonl",
+                "--tensor-model-parallel-size",
+                2,
+                "--save",
+                out / "adept_run",
+                "--train-iters",
+                ADEPT_ITERS,
+                "--global-batch-size",
+                16,
+                "--micro-batch-size",
+                8,
+                "--seq-length",
+                SEQ,
+                "--lr",
+                "1e-3",
+                "--min-lr",
+                "1e-4",
+                "--importance-interval",
+                30,
+                "--log-interval",
+                10,
+                "--split",
+                "100,0,0",
+            ],
+        )
+        latest = (out / "adept_run" / "latest_checkpointed_iteration.txt").read_text().strip()
+        adapted = out / "adept_run" / f"iter_{int(latest):07d}"
+        pipe.run(
+            "export adapted",
+            tool("convert_hf.py") + ["--to-hf", "--load", adapted, "--out", out / "adept_hf"],
+        )
+        results = {
+            "base": pipe.evaluate("base", out / "base_ckpt"),
+            "adept": pipe.evaluate("adept", adapted),
+        }
+    except QuickstartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    expanded = [
+        e["source"]
+        for e in json.loads((out / "expanded" / "adept_meta.json").read_text())["layer_map"]
+        if e["kind"] == "copy"
+    ]
+    summary = {
+        **results,
+        "expanded_layers": expanded,
+        "stage_seconds": pipe.times,
+        "total_seconds": time.monotonic() - start,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n            general loss  domain loss  general MC  domain MC")
+    for name in ("base", "adept"):
+        r = results[name]
+        print(
+            f"{name:10s} {r['general_loss']:12.4f} {r['domain_loss']:12.4f} "
+            f"{r['general_mc_acc']:11.3f} {r['domain_mc_acc']:10.3f}"
+        )
+    print(
+        f"\nexpanded layers {expanded}; heatmap {out / 'importance.png'}; "
+        f"summary {out / 'summary.json'}; {summary['total_seconds']:.0f} s in all"
+    )
+
+
+if __name__ == "__main__":
+    main()

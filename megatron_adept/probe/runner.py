@@ -1,0 +1,188 @@
+"""Stage 1 end to end: probe corpus in, ``importance.json`` (and a heatmap) out."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core.utils import get_model_config
+
+from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
+from megatron_adept.checkpoint.metadata import CheckpointMeta
+from megatron_adept.config.cli import arg
+from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
+from megatron_adept.data.corpus import CorpusItem, corpus_batches, counted_tokens, load_corpus
+from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
+from megatron_adept.errors import AdeptError, DataError
+from megatron_adept.importance.unit_importance import importance_from_gradient, loss_gradient
+from megatron_adept.models.forward import MicroBatch
+from megatron_adept.parallel.log import get_logger
+from megatron_adept.probe.heatmap import plot_importance
+from megatron_adept.probe.layer_importance import masking_probe
+from megatron_adept.probe.methods import cumulative_scores, fisher_scores, rank_scores
+from megatron_adept.probe.scores import LayerScores, check_output_file
+from megatron_adept.probe.selection import least_important, suggested_k
+
+logger = get_logger(__name__)
+
+METHODS = ("masking", "cumulative", "rank", "fisher")
+
+
+@dataclass
+class ProbeConfig:
+    """What tools/probe_importance.py measures, on which data, and where it writes."""
+
+    load: str = arg(help="Checkpoint to probe (from tools/convert_hf.py or training).")
+    probe_data: str = arg(
+        help='Probe corpus, JSONL: {"text": ...} (every token counts) or '
+        '{"prompt": ..., "answer": ...} (only answer tokens count).'
+    )
+    out: str = arg(help="Output importance.json (written atomically by rank 0).")
+    method: str = arg("masking", "Layer importance method (ADEPT App. E).", choices=METHODS)
+    k: int | None = arg(None, "Number of layers to select (default: the suggested k).")
+    plot: str | None = arg(None, "Also write a PNG heatmap of unit importance with layer bars.")
+    seq_length: int = arg(512, "Tokens per sequence (longer items are truncated).")
+    micro_batch_size: int = arg(4, "Sequences per forward pass.")
+
+    def __post_init__(self) -> None:
+        if self.seq_length < 2:
+            raise AdeptError(f"--seq-length={self.seq_length} must be at least 2")
+        if self.micro_batch_size < 1:
+            raise AdeptError(f"--micro-batch-size={self.micro_batch_size} must be at least 1")
+        if self.k is not None and self.k < 1:
+            raise AdeptError(f"--k={self.k} must be at least 1")
+
+
+def probe_layers(
+    model: torch.nn.Module,
+    batches: list[MicroBatch],
+    method: str = "masking",
+    k: int | None = None,
+) -> LayerScores:
+    """Score every decoder layer and pick the k least important; collective, every rank.
+
+    Unit scores (mean |θ·∂L/∂θ| per unit) are computed whatever the method.
+
+    Args:
+        model: this rank's pipeline stage.
+        batches: probe micro-batches, identical on every rank.
+        method: one of :data:`METHODS`.
+        k: layers to select; None selects the suggested k.
+    """
+    num_layers = get_model_config(model).num_layers
+    if method not in METHODS:
+        raise AdeptError(f"unknown probe method {method!r}; choose from {', '.join(METHODS)}")
+    if k is not None and not 1 <= k <= num_layers:
+        raise AdeptError(f"--k={k} must be between 1 and the number of layers ({num_layers})")
+    started = time.monotonic()
+    gradient = loss_gradient(model, batches)
+    units = importance_from_gradient(gradient)
+    logger.info("unit importance: %.1fs, probe loss %.4f", time.monotonic() - started, units.loss)
+    base_loss, extras = units.loss, {}
+    if method == "masking":
+        masking = masking_probe(model, batches)
+        scores, base_loss = masking.layer_scores, masking.base_loss
+        extras["masked_losses"] = masking.masked_losses
+    elif method == "cumulative":
+        scores = cumulative_scores(gradient)
+    elif method == "rank":
+        scores = rank_scores(units)
+    else:
+        del gradient  # the per-item passes need the memory more
+        scores = fisher_scores(model, batches)
+    suggested = suggested_k(scores)
+    used = suggested if k is None else k
+    return LayerScores(
+        method=method,
+        base_loss=base_loss,
+        layer_scores=scores,
+        unit_scores=units.per_layer(),
+        suggested_k=suggested,
+        k=used,
+        selected=least_important(scores, used),
+        counted_tokens=units.counted_tokens,
+        extras=extras,
+    )
+
+
+def _check_vocabulary(items: list[CorpusItem], vocab_size: int, tokenizer_source: str) -> None:
+    largest = max((max(item.ids) for item in items if item.ids), default=-1)
+    if largest >= vocab_size:
+        raise DataError(
+            f"tokenizer ({tokenizer_source}) produced token id {largest}, but the model's "
+            f"vocabulary has {vocab_size} entries: wrong --tokenizer?"
+        )
+
+
+def load_probe_batches(
+    config: ProbeConfig, parallel: ParallelConfig, tokenizer: TokenizerConfig
+) -> tuple[list[MicroBatch], CheckpointMeta]:
+    """Check everything that can be checked before any process group exists, then tokenize.
+
+    Bad flags, checkpoint, layout, output paths and probe data fail here with one message.
+    """
+    meta = check_checkpoint_layout(config.load, parallel)
+    if config.k is not None and config.k > meta.arch.num_layers:
+        raise AdeptError(
+            f"--k={config.k} is larger than the number of layers ({meta.arch.num_layers})"
+        )
+    check_output_file(config.out, "--out")
+    if config.plot is not None:
+        check_output_file(config.plot, "--plot")
+    items = load_corpus(config.probe_data, resolve_tokenizer(tokenizer.tokenizer, config.load))
+    source = tokenizer.tokenizer or f"stored in {config.load}"
+    _check_vocabulary(items, meta.arch.vocab_size, source)
+    batches = corpus_batches(items, config.seq_length, config.micro_batch_size)
+    if counted_tokens(batches) == 0:
+        raise DataError(
+            f"no target tokens in {config.probe_data!r} within --seq-length={config.seq_length}"
+        )
+    logger.info(
+        "probe corpus: %d items, %d counted tokens, %d micro-batches of %dx%d",
+        len(items),
+        counted_tokens(batches),
+        len(batches),
+        config.micro_batch_size,
+        config.seq_length,
+    )
+    return batches, meta
+
+
+def run_probe(
+    config: ProbeConfig,
+    parallel: ParallelConfig,
+    precision: PrecisionConfig,
+    batches: list[MicroBatch],
+    meta: CheckpointMeta,
+) -> LayerScores:
+    """Load the checkpoint, probe it, and write the outputs from rank 0 (process groups up)."""
+    model, _ = load_model(config.load, parallel, precision.params_dtype)
+    scores = probe_layers(model, batches, config.method, config.k)
+    scores = dataclasses.replace(
+        scores,
+        extras={
+            **scores.extras,
+            "checkpoint": config.load,
+            "model_type": meta.arch.model_type,
+            "probe_data": config.probe_data,
+            "seq_length": config.seq_length,
+        },
+    )
+    if dist.get_rank() == 0:
+        scores.write(config.out)
+        if config.plot is not None:
+            plot_importance(scores, config.plot, f"{meta.arch.model_type}: {config.load}")
+    dist.barrier()
+    logger.info(
+        "%s: base loss %.4f, selected layers %s (k=%d, suggested k=%d); wrote %s",
+        config.method,
+        scores.base_loss,
+        scores.selected,
+        scores.k,
+        scores.suggested_k,
+        config.out,
+    )
+    return scores
