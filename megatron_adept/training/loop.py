@@ -176,7 +176,7 @@ class Trainer:
     def refresh_importance(self) -> None:
         """Recompute I_U on the probe corpus and install the new multipliers.
 
-        ``unit_importance`` leaves DDP's gradient buffers zeroed and the CPU RNG untouched; the
+        ``unit_importance`` never writes DDP's gradient buffers or the CPU RNG; the
         model-parallel RNG tracker is restored here, so the refresh shifts no randomness.
         """
         start = time.perf_counter()
