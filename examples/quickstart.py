@@ -27,7 +27,7 @@ DATA = REPO / "examples" / "data"
 PRESET = "demo-llama"
 VOCAB = 2048
 SEQ = 128
-BASE_ITERS = 200
+BASE_ITERS = 150
 ADEPT_ITERS = 60
 MIN_FREE_BYTES = 2 * 2**30
 
