@@ -16,6 +16,7 @@ from pathlib import Path
 from megatron_adept.checkpoint.metadata import LayerEntry, LayerMap
 from megatron_adept.config.cli import arg
 from megatron_adept.errors import AdeptError
+from megatron_adept.probe.selection import least_important
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,6 @@ def from_layer_list(text: str, num_layers: int) -> ExpansionPlan:
     return ExpansionPlan(tuple(sorted(layers)), num_layers, f"layers {text}")
 
 
-def lowest_scores(scores: list[float], k: int) -> list[int]:
-    """Indices of the ``k`` lowest scores (ties go to the lower index), sorted."""
-    _check_k(k, len(scores))
-    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
-    return sorted(order[:k])
-
-
 def read_layer_scores(path: str | Path) -> list[float]:
     """``layer_scores`` of an ``importance.json`` written by ``tools/probe_importance.py``."""
     try:
@@ -89,7 +83,7 @@ def from_importance(path: str | Path, k: int, num_layers: int) -> ExpansionPlan:
             f"{path} scores {len(scores)} layers but the model has {num_layers}: "
             "it was computed on a different model"
         )
-    return ExpansionPlan(tuple(lowest_scores(scores, k)), num_layers, f"importance {path}, k={k}")
+    return ExpansionPlan(tuple(least_important(scores, k)), num_layers, f"importance {path}, k={k}")
 
 
 def uniform(k: int, num_layers: int, flag: str = "--k") -> ExpansionPlan:

@@ -16,11 +16,11 @@ from megatron_adept.errors import AdeptError
 from megatron_adept.expansion.plan import (
     from_importance,
     from_layer_list,
-    lowest_scores,
     uniform,
 )
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.presets import preset_config
+from megatron_adept.probe.selection import least_important
 
 
 def test_uniform_placement_matches_llama_pro():
@@ -40,7 +40,7 @@ def test_importance_picks_lowest_with_ties_to_lower_index(tmp_path):
     assert from_importance(path, 1, 6).selected == (5,)
     assert from_importance(path, 2, 6).selected == (1, 5)  # 0.1 tie: layer 1 before layer 3
     assert from_importance(path, 3, 6).selected == (1, 3, 5)
-    assert lowest_scores([0.0, 0.0, 0.0], 2) == [0, 1]
+    assert least_important([0.0, 0.0, 0.0], 2) == [0, 1]
     with pytest.raises(AdeptError, match="scores 6 layers but the model has 4"):
         from_importance(path, 2, 4)
 
