@@ -20,10 +20,12 @@ from megatron_adept.errors import DataError
 from megatron_adept.optimizer.build import OptimizerSettings
 from megatron_adept.parallel import runtime
 from megatron_adept.parallel.log import setup_logging
-from megatron_adept.training.checkpointing import resolve_load
+from megatron_adept.training.checkpointing import check_resume, resolve_load
 from megatron_adept.training.config import (
     AdeptConfig,
     CheckpointConfig,
+    ExpectedModelConfig,
+    FaultToleranceConfig,
     LoggingConfig,
     TrainingConfig,
     validate_batch,
@@ -39,6 +41,8 @@ GROUPS = (
     DataConfig,
     AdeptConfig,
     LoggingConfig,
+    FaultToleranceConfig,
+    ExpectedModelConfig,
 )
 
 
@@ -53,13 +57,18 @@ def parse() -> RunConfig:
         data=extract(args, DataConfig),
         parallel=extract(args, ParallelConfig),
         precision=extract(args, PrecisionConfig),
+        faults=extract(args, FaultToleranceConfig),
+        expected=extract(args, ExpectedModelConfig),
     )
 
 
 def validate(config: RunConfig) -> Trainer:
-    """Every check that needs no process group: layout, batch split, mode, data, probe."""
-    weights_dir, _ = resolve_load(config.checkpoint.load)
-    check_checkpoint_layout(weights_dir, config.parallel)
+    """Every check that needs no process group: checkpoint, layout, batch, mode, data, probe."""
+    ckpt = config.checkpoint
+    weights_dir, _ = resolve_load(ckpt.load)
+    meta = check_checkpoint_layout(weights_dir, config.parallel)
+    config.expected.check(meta, str(weights_dir))
+    check_resume(ckpt.load, ckpt.save, config.adept.mode)
     world = runtime.world_size_from_env()
     validate_batch(config.training, world // config.parallel.model_parallel_size)
     if not config.data.data_path:

@@ -19,3 +19,7 @@ class CheckpointError(AdeptError):
 
 class DataError(AdeptError):
     """Malformed or empty input data."""
+
+
+class TrainingError(AdeptError):
+    """A run that cannot go on, such as one whose steps keep coming out NaN/Inf."""

@@ -39,6 +39,7 @@ from megatron_adept.checkpoint.hf_io import (
     copy_files,
 )
 from megatron_adept.checkpoint.layer_copies import initialize_copies, original_positions
+from megatron_adept.checkpoint.manifest import checkpoint_output_dir, verify_manifest
 from megatron_adept.checkpoint.mcore_io import model_sharded_state_dict
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta, LayerMap
 from megatron_adept.config.cli import arg
@@ -174,7 +175,7 @@ def convert_hf_to_mcore(
         source={"tool": "convert_hf", "hf_dir": str(hf_dir.resolve()), "copies_of": copies_of},
         tokenizer=TOKENIZER_DIR if any((hf_dir / f).is_file() for f in TOKENIZER_FILES) else None,
     )
-    with atomic_output_dir(out, overwrite) as tmp:
+    with checkpoint_output_dir(out, overwrite) as tmp:
         save_whole_model(model, tmp, meta)
         copy_files(hf_dir, tmp / TOKENIZER_DIR, SIDE_FILES)
     logger.info("wrote %s (%d layers, %s)", out, arch.num_layers, arch.dtype)
@@ -237,6 +238,7 @@ def load_whole_model(
     Layers missing from ``layer_sources`` are left as they are (the copies of an expansion,
     filled afterwards). Tensors are read straight into the parameters: no second copy.
     """
+    verify_manifest(ckpt)
     request = {}
     for name, sharded in _whole_sharded_state_dict(model).items():
         match = _LAYER_KEY.match(sharded.key)
@@ -266,6 +268,7 @@ class _CheckpointTensors:
 
     def __init__(self, ckpt: Path) -> None:
         self.ckpt = str(ckpt)
+        verify_manifest(ckpt)
         try:
             self.stored = dist_checkpointing.load_tensors_metadata(self.ckpt)
         except (CheckpointingException, OSError, RuntimeError) as exc:

@@ -18,6 +18,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 from megatron.core.dist_checkpointing.validation import StrictHandling
 
+from megatron_adept.checkpoint.manifest import verify_manifest, write_manifest
 from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import CheckpointError
@@ -44,7 +45,10 @@ def model_sharded_state_dict(model: torch.nn.Module, prefix: str = "") -> dict[s
 
 
 def save_model(model: torch.nn.Module, ckpt_dir: str | Path, meta: CheckpointMeta) -> None:
-    """Collective: every rank writes its shards; rank 0 writes ``adept_meta.json``."""
+    """Collective: every rank writes its shards; rank 0 writes ``adept_meta.json``.
+
+    Not atomic by itself: tools wrap it in a temporary directory they rename when done.
+    """
     ckpt_dir = Path(ckpt_dir)
     if dist.get_rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +56,8 @@ def save_model(model: torch.nn.Module, ckpt_dir: str | Path, meta: CheckpointMet
     dist_checkpointing.save(model_sharded_state_dict(model), str(ckpt_dir))
     if dist.get_rank() == 0:
         meta.save(ckpt_dir)
+    dist.barrier()
+    write_manifest(ckpt_dir)
     dist.barrier()
 
 
@@ -72,6 +78,7 @@ def load_model_weights(
             layers not in the map are left untouched (used to expand a checkpoint: the copies
             are filled afterwards). None reads every layer from its own index.
     """
+    verify_manifest(ckpt_dir)
     sharded = model_sharded_state_dict(model)
     if layer_sources is not None:
         remapped = {}
@@ -107,13 +114,14 @@ def load_model_weights(
 
 
 def check_checkpoint_layout(ckpt_dir: str | Path, parallel: ParallelConfig) -> CheckpointMeta:
-    """Read a checkpoint's metadata and check the layout fits it, before any process group.
+    """Read a checkpoint's metadata, check the layout fits it and its files are whole.
 
-    Tools call this first so that an impossible layout fails fast with a one-line error
-    naming the numbers, instead of after every rank has started.
+    Tools call this before any process group, so that an impossible layout or a truncated
+    file fails fast with a one-line error naming it, instead of after every rank started.
     """
     meta = CheckpointMeta.load(ckpt_dir)
     validate_layout(meta.arch, parallel, world_size_from_env())
+    verify_manifest(ckpt_dir, checksums=False)
     return meta
 
 

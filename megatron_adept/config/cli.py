@@ -30,6 +30,7 @@ def arg(
     choices: tuple[Any, ...] | None = None,
     nargs: str | None = None,
     default_factory: Callable[[], Any] | None = None,
+    hidden: bool = False,
 ) -> Any:
     """Declare a config field that is also a command-line flag.
 
@@ -40,8 +41,9 @@ def arg(
         choices: allowed values.
         nargs: argparse ``nargs`` for list-valued fields.
         default_factory: for mutable defaults.
+        hidden: leave the flag out of ``--help`` (test hooks such as fault injection).
     """
-    metadata = {"help": help, "flag": flag, "choices": choices, "nargs": nargs}
+    metadata = {"help": help, "flag": flag, "choices": choices, "nargs": nargs, "hidden": hidden}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -92,6 +94,8 @@ def add_dataclass_group(parser: argparse.ArgumentParser, cls: type, title: str =
             kwargs["metavar"] = field.name.upper() if not kwargs.get("choices") else None
         if not required and kind is not bool and default is not None:
             kwargs["help"] += f" (default: {default})"
+        if field.metadata.get("hidden"):
+            kwargs["help"] = argparse.SUPPRESS
         group.add_argument(flag_name(field), **kwargs)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from megatron.core import dist_checkpointing
 
-from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
+from megatron_adept.checkpoint.atomic import check_output_dir
 from megatron_adept.checkpoint.convert import SIDE_FILES, load_whole_model, save_whole_model
 from megatron_adept.checkpoint.hf_io import copy_files
 from megatron_adept.checkpoint.layer_copies import initialize_copies, original_positions
+from megatron_adept.checkpoint.manifest import checkpoint_output_dir
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta
 from megatron_adept.config.parallel import ParallelConfig, dtype_from_name
 from megatron_adept.errors import AdeptError, CheckpointError
@@ -74,7 +75,7 @@ def expand_checkpoint(
         },
         tokenizer=TOKENIZER_DIR if meta.tokenizer is not None and side_files.is_dir() else None,
     )
-    with atomic_output_dir(out, overwrite) as tmp:
+    with checkpoint_output_dir(out, overwrite) as tmp:
         save_whole_model(model, tmp, new_meta)
         copy_files(side_files, tmp / TOKENIZER_DIR, SIDE_FILES)
     logger.info("wrote %s: copies of layers %s", out, list(plan.selected))

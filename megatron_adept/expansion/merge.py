@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
+from megatron_adept.checkpoint.atomic import check_output_dir
 from megatron_adept.checkpoint.convert import SIDE_FILES, save_whole_model
 from megatron_adept.checkpoint.hf_io import copy_files
 from megatron_adept.checkpoint.layer_copies import original_positions
+from megatron_adept.checkpoint.manifest import checkpoint_output_dir
 from megatron_adept.checkpoint.mcore_io import load_model_weights
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta, LayerMap
 from megatron_adept.config.cli import arg
@@ -181,7 +182,7 @@ def merge_expansions(
         },
         tokenizer=TOKENIZER_DIR if has_tokenizer else None,
     )
-    with atomic_output_dir(out, overwrite) as tmp:
+    with checkpoint_output_dir(out, overwrite) as tmp:
         save_whole_model(merged, tmp, meta)
         copy_files(side_files, tmp / TOKENIZER_DIR, SIDE_FILES)
     logger.info("wrote %s: copy layers %s merged", out, layer_map.copy_indices)

@@ -11,8 +11,11 @@ Layout of ``--save``::
         rng/rank_XXXXX.pt                     per-rank RNG states
 
 A save goes to a hidden temporary sibling first; after every rank has written its shards
-(barrier) rank 0 renames it into place and then replaces the tracker file atomically. A job
-killed mid-save therefore leaves the previous checkpoint and tracker intact.
+(barrier) the manifest of sizes and checksums is written, rank 0 renames the directory into
+place and then replaces the tracker file atomically. A job killed mid-save therefore leaves
+the previous checkpoint and tracker intact; its leftover temporary directory is removed by
+the next save. ``--keep-last N`` deletes older checkpoints after a save, never the newest N
+and never the one the run resumed from.
 
 ``--load`` of a directory with a tracker resumes from its latest iteration; any other
 checkpoint (converted or expanded) starts a fresh run from its weights.
@@ -24,6 +27,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,9 @@ from megatron.core.dist_checkpointing.validation import StrictHandling
 from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_adept.checkpoint.atomic import publish
 from megatron_adept.checkpoint.hf_io import copy_tokenizer_files
+from megatron_adept.checkpoint.manifest import write_manifest
 from megatron_adept.checkpoint.mcore_io import model_sharded_state_dict
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta
 from megatron_adept.errors import CheckpointError
@@ -56,6 +62,8 @@ class TrainingState:
     iteration: int
     consumed_samples: int
     scheduler: dict[str, Any]
+    mode: str
+    """The ``--mode`` that wrote it: a resume must train the same parameters."""
 
 
 def iteration_dir(save: str | Path, iteration: int) -> Path:
@@ -112,6 +120,28 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _saved_iterations(save: Path) -> list[int]:
+    return sorted(
+        int(p.name[len("iter_") :])
+        for p in save.glob("iter_*")
+        if p.is_dir() and p.name[len("iter_") :].isdigit()
+    )
+
+
+def remove_old_checkpoints(save: str | Path, keep_last: int, protect: Path | None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints, sparing ``protect``; returns them."""
+    save = Path(save)
+    kept = set(_saved_iterations(save)[-keep_last:])
+    removed = []
+    for iteration in _saved_iterations(save):
+        directory = iteration_dir(save, iteration)
+        if iteration in kept or (protect is not None and directory.resolve() == protect.resolve()):
+            continue
+        shutil.rmtree(directory)
+        removed.append(directory)
+    return removed
+
+
 def save_checkpoint(
     save: str | Path,
     model: torch.nn.Module,
@@ -120,6 +150,7 @@ def save_checkpoint(
     state: TrainingState,
     adept: AdeptState,
     tokenizer: Path | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> Path:
     """Collective: write ``SAVE/iter_XXXXXXX`` and advance the tracker to it.
 
@@ -131,13 +162,16 @@ def save_checkpoint(
         state: counters and scheduler state.
         adept: the multipliers in force.
         tokenizer: the run's tokenizer directory, copied in so the checkpoint stands alone.
+        before_publish: called on every rank once all files are written (fault injection).
     """
     final = iteration_dir(save, state.iteration)
     tmp = final.parent / f".{final.name}.tmp"
     rank = dist.get_rank()
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(".iter_*.tmp"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
     dist.barrier()
     optimizer_state = _optimizer_sharded(model, optimizer, False)
     dist_checkpointing.save({**model_sharded_state_dict(model), "optimizer": optimizer_state}, tmp)
@@ -162,6 +196,7 @@ def save_checkpoint(
                     "iteration": state.iteration,
                     "consumed_samples": state.consumed_samples,
                     "scheduler": state.scheduler,
+                    "mode": state.mode,
                     "world_size": dist.get_world_size(),
                 },
                 indent=1,
@@ -169,12 +204,50 @@ def save_checkpoint(
             + "\n"
         )
         adept.save(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    dist.barrier()
+    if before_publish is not None:
+        before_publish()
+    write_manifest(tmp)
+    if rank == 0:
+        publish(tmp, final)
         _write_atomically(Path(save) / TRACKER_FILE, f"{state.iteration}\n")
     dist.barrier()
     return final
+
+
+def read_training_info(directory: Path) -> dict[str, Any]:
+    """``training_state.json`` of a training checkpoint (counters, schedule, mode)."""
+    path = directory / TRAINING_STATE_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("iteration", "consumed_samples", "scheduler", "mode") if k not in info]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    return info
+
+
+def check_resume(load: str, save: str | None, mode: str) -> None:
+    """Refuse a start that would mix two runs.
+
+    A resume must train what the checkpoint trained (``--mode``: the optimizer state only
+    covers those parameters); a fresh start must not write into a ``--save`` that already
+    holds another run's checkpoints.
+    """
+    directory, iteration = resolve_load(load)
+    if iteration is not None:
+        saved = read_training_info(directory)["mode"]
+        if saved != mode:
+            raise CheckpointError(
+                f"--mode {mode} differs from the run being resumed ({directory} was trained "
+                f"with --mode {saved})"
+            )
+    elif save is not None and latest_iteration(save) is not None:
+        raise CheckpointError(
+            f"--save {save!r} already holds a run (iteration {latest_iteration(save)}); "
+            f"resume it with --load {save}, or choose another --save"
+        )
 
 
 def load_training_state(
@@ -188,10 +261,7 @@ def load_training_state(
     The model weights are read separately (``load_model_weights``). RNG states are restored
     only when the world size matches the saving run (a resharded resume reseeds instead).
     """
-    try:
-        info = json.loads((directory / TRAINING_STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{directory}: unreadable {TRAINING_STATE_FILE} ({exc})") from None
+    info = read_training_info(directory)
     sharded = {"optimizer": _optimizer_sharded(model, optimizer, True)}
     loaded = dist_checkpointing.load(
         sharded, str(directory), strict=StrictHandling.ASSUME_OK_UNEXPECTED
@@ -201,5 +271,7 @@ def load_training_state(
     rng_file = directory / RNG_DIR / f"rank_{dist.get_rank():05d}.pt"
     if info.get("world_size") == dist.get_world_size() and rng_file.is_file():
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    state = TrainingState(int(info["iteration"]), int(info["consumed_samples"]), info["scheduler"])
+    state = TrainingState(
+        int(info["iteration"]), int(info["consumed_samples"]), info["scheduler"], info["mode"]
+    )
     return state, AdeptState.load(directory)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.config.cli import arg
-from megatron_adept.errors import ConfigError
+from megatron_adept.errors import CheckpointError, ConfigError
 from megatron_adept.training.modes import MODES
 
 
@@ -48,10 +49,90 @@ class CheckpointConfig:
     save_interval: int | None = arg(
         None, "Save every this many iterations (and always at the end when --save is set)."
     )
+    keep_last: int | None = arg(
+        None,
+        "Keep only the newest this many checkpoints in --save (the one the run resumed from "
+        "is never deleted).",
+    )
 
     def __post_init__(self) -> None:
-        if self.save_interval is not None and self.save_interval <= 0:
-            raise ConfigError(f"--save-interval={self.save_interval} must be > 0")
+        for name in ("save_interval", "keep_last"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}={value} must be > 0")
+
+
+@dataclass
+class FaultToleranceConfig:
+    """Early exits (Megatron-LM spelling) and numerical faults."""
+
+    exit_duration_in_mins: float | None = arg(
+        None, "Save and exit cleanly once the job has run this many minutes."
+    )
+    exit_interval: int | None = arg(
+        None, "Save and exit cleanly at the first iteration that is a multiple of this."
+    )
+    max_skipped_steps: int = arg(
+        10,
+        "Stop, saving the last good state, after this many consecutive steps skipped for a "
+        "NaN/Inf loss or gradient norm.",
+    )
+    inject_nan_at: list[int] | None = arg(
+        None, "Fault injection: give these iterations a NaN loss.", hidden=True
+    )
+    kill_during_save_at: int | None = arg(
+        None,
+        "Fault injection: SIGKILL every rank halfway through this iteration's save.",
+        hidden=True,
+    )
+
+    def __post_init__(self) -> None:
+        if self.exit_duration_in_mins is not None and self.exit_duration_in_mins <= 0:
+            raise ConfigError(f"--exit-duration-in-mins={self.exit_duration_in_mins} must be > 0")
+        for name in ("exit_interval", "max_skipped_steps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}={value} must be > 0")
+
+
+@dataclass
+class ExpectedModelConfig:
+    """Optional checks of the checkpoint in --load: a mismatch is refused, naming it."""
+
+    num_layers: int | None = arg(None, "Expected number of decoder layers (copies included).")
+    hidden_size: int | None = arg(None, "Expected hidden size.")
+    ffn_hidden_size: int | None = arg(None, "Expected MLP hidden size.")
+    num_attention_heads: int | None = arg(None, "Expected number of attention heads.")
+    num_query_groups: int | None = arg(None, "Expected number of key/value heads.")
+    expanded_layers: list[int] | None = arg(
+        None, "Expected copies: the 0-based original layers that were duplicated, in order."
+    )
+
+    def check(self, meta: CheckpointMeta, load: str) -> None:
+        """Raise naming every field where the checkpoint differs from the flags."""
+        copies = [meta.layer_map.layers[i].source for i in meta.layer_map.copy_indices]
+        found = {
+            "num_layers": meta.arch.num_layers,
+            "hidden_size": meta.arch.hidden_size,
+            "ffn_hidden_size": meta.arch.ffn_hidden_size,
+            "num_attention_heads": meta.arch.num_attention_heads,
+            "num_query_groups": meta.arch.num_query_groups,
+            "expanded_layers": copies,
+        }
+        differ = [
+            f"--{name.replace('_', '-')}={_show(getattr(self, name))} but the checkpoint has "
+            f"{_show(value)}"
+            for name, value in found.items()
+            if getattr(self, name) is not None and getattr(self, name) != value
+        ]
+        if differ:
+            raise CheckpointError(
+                f"checkpoint {load!r} does not match the flags: {'; '.join(differ)}"
+            )
+
+
+def _show(value: int | list[int]) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The Stage-2 trainer: set up, step, refresh unit importance, log, save."""
+"""The Stage-2 trainer: set up, step, refresh unit importance, log, save, stop early."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -21,7 +22,7 @@ from megatron_adept.data.datasets import (
     global_batches,
 )
 from megatron_adept.data.tokenizer import resolve_tokenizer
-from megatron_adept.errors import DataError
+from megatron_adept.errors import DataError, TrainingError
 from megatron_adept.importance.unit_importance import unit_importance
 from megatron_adept.models.builder import build_model
 from megatron_adept.models.forward import MicroBatch
@@ -38,15 +39,19 @@ from megatron_adept.parallel.log import get_logger
 from megatron_adept.training.checkpointing import (
     TrainingState,
     load_training_state,
+    remove_old_checkpoints,
     resolve_load,
     save_checkpoint,
 )
 from megatron_adept.training.config import (
     AdeptConfig,
     CheckpointConfig,
+    ExpectedModelConfig,
+    FaultToleranceConfig,
     LoggingConfig,
     TrainingConfig,
 )
+from megatron_adept.training.exit_conditions import ExitConditions
 from megatron_adept.training.metrics import TrainingMetrics, count_trainable_params
 from megatron_adept.training.modes import TrainPlan, apply_plan, plan_for_mode, stop_backward_below
 from megatron_adept.training.step import StepResult, train_step
@@ -66,6 +71,8 @@ class RunConfig:
     data: DataConfig
     parallel: ParallelConfig
     precision: PrecisionConfig
+    faults: FaultToleranceConfig
+    expected: ExpectedModelConfig
 
 
 def load_probe_batches(config: RunConfig, weights_dir: Path) -> list[MicroBatch]:
@@ -75,6 +82,14 @@ def load_probe_batches(config: RunConfig, weights_dir: Path) -> list[MicroBatch]
     tokenizer = resolve_tokenizer(config.adept.tokenizer, weights_dir)
     items = load_corpus(config.adept.probe_data, tokenizer)
     return corpus_batches(items, config.training.seq_length, config.training.micro_batch_size)
+
+
+def _die_like_a_lost_node() -> None:
+    """Fault injection: SIGKILL this process and its helpers (megatron's writer processes)."""
+    me = psutil.Process()
+    for child in me.children(recursive=True):
+        child.kill()
+    me.kill()
 
 
 class Trainer:
@@ -93,6 +108,13 @@ class Trainer:
         self.iteration = 0
         self.consumed_samples = 0
         self.adept_state = AdeptState(0, ())
+        self.consecutive_skips = 0
+        self.skipped_steps = 0
+        faults = config.faults
+        self.exit = ExitConditions(
+            faults.exit_duration_in_mins, faults.exit_interval, time.monotonic()
+        )
+        self.exit.install()
 
     def setup(self) -> None:
         """Collective: build and load the model, optimizer, schedule, data and unit lrs."""
@@ -195,12 +217,24 @@ class Trainer:
             self.adept_state.save(save)
 
     def train_step(self) -> StepResult:
+        """One step; a skipped (non-finite) step consumes its batch but changes no state."""
         start = time.perf_counter()
-        result = train_step(self.ddp, self.optimizer, next(self.batches))
+        poison = self.iteration + 1 in (self.config.faults.inject_nan_at or ())
+        result = train_step(self.ddp, self.optimizer, next(self.batches), poison)
         lr = self.current_lr()
-        self.scheduler.step(1)
         self.iteration += 1
         self.consumed_samples += self.config.training.global_batch_size
+        if result.skipped:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            logger.warning(
+                f"iteration {self.iteration} skipped: loss {result.loss}, grad norm "
+                f"{result.grad_norm} ({self.consecutive_skips} in a row, "
+                f"{self.skipped_steps} in this run)"
+            )
+        else:
+            self.scheduler.step(1)
+            self.consecutive_skips = 0
         training = self.config.training
         self.metrics.step(
             self.iteration,
@@ -217,19 +251,37 @@ class Trainer:
         return self.scheduler.get_lr(self.optimizer.param_groups[0])
 
     def save(self) -> None:
+        """Collective: checkpoint into ``--save``, then apply ``--keep-last``."""
+        ckpt = self.config.checkpoint
+        kill = self.iteration == self.config.faults.kill_during_save_at
         save_checkpoint(
-            self.config.checkpoint.save,
+            ckpt.save,
             self.model,
             self.optimizer,
             self.meta,
-            TrainingState(self.iteration, self.consumed_samples, self.scheduler.state_dict()),
+            TrainingState(
+                self.iteration,
+                self.consumed_samples,
+                self.scheduler.state_dict(),
+                self.config.adept.mode,
+            ),
             self.adept_state,
             self.meta.tokenizer_path(self.weights_dir),
+            before_publish=_die_like_a_lost_node if kill else None,
         )
-        logger.info(f"saved iteration {self.iteration} to {self.config.checkpoint.save}")
+        logger.info(f"saved iteration {self.iteration} to {ckpt.save}")
+        if ckpt.keep_last is not None and dist.get_rank() == 0:
+            resumed_from = self.weights_dir if self.resume_iteration is not None else None
+            for old in remove_old_checkpoints(ckpt.save, ckpt.keep_last, resumed_from):
+                logger.info(f"removed {old} (--keep-last {ckpt.keep_last})")
 
     def train(self) -> list[StepResult]:
-        """Run until ``--train-iters``; returns the step results of this call."""
+        """Run until ``--train-iters`` or an early exit; returns the step results of this call.
+
+        Raises:
+            TrainingError: ``--max-skipped-steps`` consecutive non-finite steps (after
+                saving the last good state).
+        """
         training, ckpt = self.config.training, self.config.checkpoint
         results = []
         while self.iteration < training.train_iters:
@@ -242,11 +294,37 @@ class Trainer:
                     f"the training data ran out after {self.consumed_samples} samples"
                 ) from None
             due = ckpt.save_interval is not None and self.iteration % ckpt.save_interval == 0
-            if ckpt.save is not None and (due or self.iteration == training.train_iters):
+            done = self.iteration == training.train_iters
+            if ckpt.save is not None and (due or done):
                 self.save()
+            if self.consecutive_skips >= self.config.faults.max_skipped_steps:
+                self._stop_after_faults(saved=ckpt.save is not None and (due or done))
+            reason = None if done else self.exit.check(self.iteration)
+            if reason is not None:
+                self._stop_early(reason, saved=ckpt.save is not None and due)
+                break
         return results
 
+    def _stop_early(self, reason: str, saved: bool) -> None:
+        save = self.config.checkpoint.save
+        if save is not None and not saved:
+            self.save()
+        where = f"checkpoint in {save}" if save is not None else "nothing saved (no --save)"
+        logger.info(f"exiting at iteration {self.iteration}: {reason}; {where}")
+
+    def _stop_after_faults(self, saved: bool) -> None:
+        save = self.config.checkpoint.save
+        if save is not None and not saved:
+            self.save()
+        where = f"; the last good state is saved in {save}" if save is not None else ""
+        raise TrainingError(
+            f"{self.consecutive_skips} consecutive steps had a NaN/Inf loss or gradient norm "
+            f"(--max-skipped-steps={self.config.faults.max_skipped_steps}) at iteration "
+            f"{self.iteration}{where}"
+        )
+
     def close(self) -> None:
+        self.exit.uninstall()
         self.metrics.close()
         self.scaling.remove()
         for handle in self._hooks:

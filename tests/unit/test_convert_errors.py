@@ -154,7 +154,7 @@ def test_export_of_something_else(hf_dir, tmp_path, convert):
     arch = ModelArch.from_hf_config(preset_config("tiny-qwen3"))
     CheckpointMeta(arch, LayerMap.identity(arch.num_layers)).save(tmp_path)
     result = convert("--to-hf", "--load", tmp_path, "--out", out)
-    assert_one_line_error(result, "cannot read checkpoint", "is not a distributed checkpoint")
+    assert_one_line_error(result, str(tmp_path), "no manifest.json", "incomplete")
     assert siblings_clean(out)
 
 

@@ -11,6 +11,7 @@ import pytest
 from data_fixtures import sentencepiece_tokenizer, write_jsonl
 from eval_fixtures import EVAL_MC, TOKEN_SHIFT, VOCAB, run_tool
 
+from megatron_adept.checkpoint.manifest import write_manifest
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta, LayerMap
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.presets import preset_config
@@ -25,6 +26,7 @@ def metadata_only_checkpoint(path, tokenizer, vocab_size: int):
     path.mkdir()
     CheckpointMeta(arch, LayerMap.identity(arch.num_layers), tokenizer=TOKENIZER_DIR).save(path)
     shutil.copytree(tokenizer, path / TOKENIZER_DIR)
+    write_manifest(path)
     return str(path)
 
 

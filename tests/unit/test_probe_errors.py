@@ -9,6 +9,7 @@ from data_fixtures import sentencepiece_tokenizer, write_jsonl
 from hf_fixtures import run_tool_inprocess, siblings_clean, tool
 from torchrun_harness import REPO
 
+from megatron_adept.checkpoint.manifest import write_manifest
 from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerMap
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.presets import preset_config
@@ -24,9 +25,11 @@ def setup(tmp_path_factory):
     arch = ModelArch.from_hf_config(preset_config("tiny-llama", vocab_size=320))
     (root / "ckpt").mkdir()
     CheckpointMeta(arch, LayerMap.identity(arch.num_layers)).save(root / "ckpt")
+    write_manifest(root / "ckpt")
     small = ModelArch.from_hf_config(preset_config("tiny-llama", vocab_size=64))
     (root / "small_vocab").mkdir()
     CheckpointMeta(small, LayerMap.identity(small.num_layers)).save(root / "small_vocab")
+    write_manifest(root / "small_vocab")
     tokenizer = sentencepiece_tokenizer(root / "tok")
     return root, tokenizer
 
