@@ -20,7 +20,7 @@ from megatron_adept.errors import DataError
 from megatron_adept.optimizer.build import OptimizerSettings
 from megatron_adept.parallel import runtime
 from megatron_adept.parallel.log import setup_logging
-from megatron_adept.training.checkpointing import check_resume, resolve_load
+from megatron_adept.training.checkpointing import check_resume, check_save_dir, resolve_load
 from megatron_adept.training.config import (
     AdeptConfig,
     CheckpointConfig,
@@ -69,6 +69,8 @@ def validate(config: RunConfig) -> Trainer:
     meta = check_checkpoint_layout(weights_dir, config.parallel)
     config.expected.check(meta, str(weights_dir))
     check_resume(ckpt.load, ckpt.save, config.adept.mode)
+    if ckpt.save is not None:
+        check_save_dir(ckpt.save)
     world = runtime.world_size_from_env()
     validate_batch(config.training, world // config.parallel.model_parallel_size)
     if not config.data.data_path:

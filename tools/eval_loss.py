@@ -16,6 +16,7 @@ from megatron_adept.config.cli import arg, build_parser, extract, run_cli
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.data.corpus import corpus_batches, load_corpus
 from megatron_adept.data.tokenizer import resolve_tokenizer
+from megatron_adept.errors import ConfigError
 from megatron_adept.eval.heldout_loss import heldout_loss
 from megatron_adept.parallel import runtime
 from megatron_adept.parallel.log import setup_logging
@@ -33,6 +34,11 @@ class EvalLossConfig:
     seq_length: int = arg(512, "Tokens per sequence (longer items are truncated).")
     micro_batch_size: int = arg(8, "Sequences per forward pass.")
     tokenizer: str | None = arg(None, "Tokenizer (default: the one stored beside --load).")
+
+    def __post_init__(self) -> None:
+        for name in ("seq_length", "micro_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be > 0")
 
 
 def main() -> None:

@@ -228,6 +228,17 @@ def read_training_info(directory: Path) -> dict[str, Any]:
     return info
 
 
+def check_save_dir(save: str) -> None:
+    """Refuse a ``--save`` that cannot be written, before any work."""
+    existing = Path(save)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"--save {save!r}: {str(existing)!r} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise CheckpointError(f"--save {save!r}: {str(existing)!r} is not writable")
+
+
 def check_resume(load: str, save: str | None, mode: str) -> None:
     """Refuse a start that would mix two runs.
 
