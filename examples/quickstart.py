@@ -52,8 +52,11 @@ def torchrun(nproc: int, script: Path) -> list[str]:
 
 
 class Pipeline:
-    def __init__(self, out: Path) -> None:
+    """Runs the stages as subprocesses, timing each; the base model is cached in ``cache``."""
+
+    def __init__(self, out: Path, cache: Path | None = None) -> None:
         self.out = out
+        self.cache = cache or out / "cache"
         self.times: dict[str, float] = {}
 
     def run(self, stage: str, cmd: list[str]) -> None:
@@ -65,13 +68,17 @@ class Pipeline:
         if result.returncode != 0:
             raise QuickstartError(f"stage '{stage}' failed (exit code {result.returncode})")
 
-    def base_model(self, tokenizer: Path, general: Path) -> Path:
-        """Pretrained base model as an HF directory, cached by data and recipe."""
+    def base_cache_entry(self, tokenizer: Path) -> Path:
+        """Where the base model is cached: keyed by recipe, general corpus and tokenizer."""
         recipe = f"{PRESET}-{VOCAB}-{SEQ}-{BASE_ITERS}"
         digest = hashlib.sha256(recipe.encode())
-        for path in sorted(DATA.glob("general_train.jsonl")) + [tokenizer / "tokenizer.model"]:
+        for path in (DATA / "general_train.jsonl", tokenizer / "tokenizer.model"):
             digest.update(path.read_bytes())
-        cached = self.out / "cache" / f"base-{digest.hexdigest()[:12]}"
+        return self.cache / f"base-{digest.hexdigest()[:12]}"
+
+    def base_model(self, tokenizer: Path, general: Path) -> Path:
+        """Pretrained base model as an HF directory, from the cache when it is there."""
+        cached = self.base_cache_entry(tokenizer)
         if (cached / "config.json").is_file():
             print(f"\n=== base model: cached at {cached} ===")
             self.times["pretrain base (cached)"] = 0.0
@@ -140,52 +147,49 @@ class Pipeline:
         shutil.rmtree(work, ignore_errors=True)
         return cached
 
-    def evaluate(self, name: str, ckpt: Path) -> dict:
-        losses = self.out / f"{name}_losses.json"
-        self.run(
-            f"evaluate {name}: held-out loss",
-            tool("eval_loss.py")
-            + [
-                "--load",
-                ckpt,
-                "--data",
-                DATA / "general_eval.jsonl",
-                DATA / "domain_eval.jsonl",
-                "--seq-length",
-                SEQ,
-                "--out",
-                losses,
-            ],
-        )
-        scores = json.loads(losses.read_text())
-        result = {
-            "general_loss": scores[str(DATA / "general_eval.jsonl")]["loss"],
-            "domain_loss": scores[str(DATA / "domain_eval.jsonl")]["loss"],
-        }
-        for corpus in ("general", "domain"):
-            out = self.out / f"{name}_{corpus}_mc.json"
+    def evaluate(self, models: dict[str, Path]) -> dict[str, dict]:
+        """Held-out loss and 0-shot MC accuracy on both corpora, per model name.
+
+        One eval_mc run per corpus scores every model (``--compare``), saving start-ups.
+        """
+        results = {}
+        for name, ckpt in models.items():
+            losses = self.out / f"{name}_losses.json"
             self.run(
-                f"evaluate {name}: {corpus} multiple choice",
-                tool("eval_mc.py")
-                + [
-                    "--load",
-                    ckpt,
-                    "--data",
-                    DATA / f"{corpus}_mc.jsonl",
-                    "--shots",
-                    "0",
-                    "--out",
-                    out,
-                ],
+                f"evaluate {name}: held-out loss",
+                tool("eval_loss.py")
+                + ["--load", ckpt, "--data", DATA / "general_eval.jsonl"]
+                + [DATA / "domain_eval.jsonl", "--seq-length", SEQ, "--out", losses],
             )
-            result[f"{corpus}_mc_acc"] = json.loads(out.read_text())["accuracy"]
-        return result
+            scores = json.loads(losses.read_text())
+            results[name] = {
+                "general_loss": scores[str(DATA / "general_eval.jsonl")]["loss"],
+                "domain_loss": scores[str(DATA / "domain_eval.jsonl")]["loss"],
+            }
+        first, *others = models.values()
+        compare = ["--compare", *others] if others else []
+        for corpus in ("general", "domain"):
+            out = self.out / f"{'_'.join(models)}_{corpus}_mc.json"
+            self.run(
+                f"evaluate {', '.join(models)}: {corpus} multiple choice",
+                tool("eval_mc.py")
+                + ["--load", first, "--data", DATA / f"{corpus}_mc.jsonl", "--shots", "0"]
+                + [*compare, "--out", out],
+            )
+            scored = json.loads(out.read_text())
+            accuracies = [scored["accuracy"]] + [c["accuracy"] for c in scored.get("compare", [])]
+            for name, accuracy in zip(models, accuracies, strict=True):
+                results[name][f"{corpus}_mc_acc"] = accuracy
+        return results
 
 
 def check_output(out: Path) -> None:
-    parent = out if out.exists() else out.parent
-    if not parent.exists():
-        raise QuickstartError(f"parent directory of {out} does not exist")
+    """Refuse an output that cannot be written or a disk without room, before any work."""
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise QuickstartError(f"output {out} is inside {parent}, which is not a directory")
     if not os.access(parent, os.W_OK):
         raise QuickstartError(f"output directory {parent} is not writable")
     free = shutil.disk_usage(parent).free
@@ -194,6 +198,44 @@ def check_output(out: Path) -> None:
             f"only {free / 2**30:.2f} GiB free under {parent}; "
             f"the quickstart needs {MIN_FREE_BYTES / 2**30:.0f} GiB"
         )
+
+
+def prepare_base(pipe: Pipeline, out: Path) -> Path:
+    """Tokenizer (OUT/tokenizer), tokenized corpora (OUT/data) and the base model (HF dir)."""
+    tokenizer = out / "tokenizer"
+    if not (tokenizer / "tokenizer.model").is_file():
+        pipe.run(
+            "train tokenizer",
+            tool("train_tokenizer.py")
+            + [
+                "--input",
+                DATA / "general_train.jsonl",
+                DATA / "domain_train.jsonl",
+                "--vocab-size",
+                VOCAB,
+                "--output",
+                tokenizer,
+            ],
+        )
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    for corpus in ("general", "domain"):
+        pipe.run(
+            f"preprocess {corpus}",
+            tool("preprocess_data.py")
+            + [
+                "--input",
+                DATA / f"{corpus}_train.jsonl",
+                "--output-prefix",
+                data / corpus,
+                "--tokenizer",
+                tokenizer,
+                "--workers",
+                "2",
+                "--overwrite",
+            ],
+        )
+    return pipe.base_model(tokenizer, data / "general")
 
 
 def main() -> None:
@@ -209,40 +251,8 @@ def main() -> None:
         check_output(out)
         out.mkdir(parents=True, exist_ok=True)
         pipe = Pipeline(out)
-        tokenizer = out / "tokenizer"
-        if not (tokenizer / "tokenizer.model").is_file():
-            pipe.run(
-                "train tokenizer",
-                tool("train_tokenizer.py")
-                + [
-                    "--input",
-                    DATA / "general_train.jsonl",
-                    DATA / "domain_train.jsonl",
-                    "--vocab-size",
-                    VOCAB,
-                    "--output",
-                    tokenizer,
-                ],
-            )
+        base_hf = prepare_base(pipe, out)
         data = out / "data"
-        data.mkdir(exist_ok=True)
-        for corpus in ("general", "domain"):
-            pipe.run(
-                f"preprocess {corpus}",
-                tool("preprocess_data.py")
-                + [
-                    "--input",
-                    DATA / f"{corpus}_train.jsonl",
-                    "--output-prefix",
-                    data / corpus,
-                    "--tokenizer",
-                    tokenizer,
-                    "--workers",
-                    "2",
-                    "--overwrite",
-                ],
-            )
-        base_hf = pipe.base_model(tokenizer, data / "general")
         for stale in ("base_ckpt", "expanded", "adept_run", "adept_hf"):
             shutil.rmtree(out / stale, ignore_errors=True)
         pipe.run(
@@ -322,10 +332,7 @@ def main() -> None:
             "export adapted",
             tool("convert_hf.py") + ["--to-hf", "--load", adapted, "--out", out / "adept_hf"],
         )
-        results = {
-            "base": pipe.evaluate("base", out / "base_ckpt"),
-            "adept": pipe.evaluate("adept", adapted),
-        }
+        results = pipe.evaluate({"base": out / "base_ckpt", "adept": adapted})
     except QuickstartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,55 @@
+"""The quickstart refuses outputs it cannot use before any work, and reuses its base model."""
+
+import sys
+
+import pytest
+from torchrun_harness import REPO, run_command
+
+sys.path.insert(0, str(REPO / "examples"))
+import quickstart  # noqa: E402
+
+
+def test_output_inside_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_command(
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), str(blocker / "out")],
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: output {blocker / 'out'} is inside {blocker}, which is not a directory"
+    )
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_too_little_disk_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(quickstart, "MIN_FREE_BYTES", 2**62)
+    with pytest.raises(quickstart.QuickstartError, match=r"GiB free under .* needs"):
+        quickstart.check_output(tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()
+
+
+def test_cached_base_model_is_reused(tmp_path, monkeypatch):
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.model").write_bytes(b"pieces")
+    pipe = quickstart.Pipeline(tmp_path / "out", tmp_path / "cache")
+
+    def no_stage(stage, cmd):
+        raise AssertionError(f"ran stage {stage!r}")
+
+    monkeypatch.setattr(pipe, "run", no_stage)
+    with pytest.raises(AssertionError, match="ran stage 'init base model'"):
+        pipe.base_model(tokenizer, tmp_path / "data" / "general")
+
+    entry = pipe.base_cache_entry(tokenizer)
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")
+    assert pipe.base_model(tokenizer, tmp_path / "data" / "general") == entry
+    assert pipe.times == {"pretrain base (cached)": 0.0}
+
+    (tokenizer / "tokenizer.model").write_bytes(b"other pieces")  # another tokenizer: retrain
+    assert pipe.base_cache_entry(tokenizer) != entry
+    with pytest.raises(AssertionError, match="ran stage 'init base model'"):
+        pipe.base_model(tokenizer, tmp_path / "data" / "general")
