@@ -128,12 +128,20 @@ def _saved_iterations(save: Path) -> list[int]:
     )
 
 
-def remove_old_checkpoints(save: str | Path, keep_last: int, protect: Path | None) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints, sparing ``protect``; returns them."""
+def remove_old_checkpoints(
+    save: str | Path, keep_last: int, latest: int, protect: Path | None
+) -> list[Path]:
+    """Delete checkpoints older than the newest ``keep_last`` up to ``latest``; returns them.
+
+    ``protect`` (the checkpoint a run resumed from) is never deleted. Checkpoints after
+    ``latest`` are left alone: they were published by an earlier attempt whose tracker
+    update was cut short, and this run overwrites them when it gets there.
+    """
     save = Path(save)
-    kept = set(_saved_iterations(save)[-keep_last:])
+    candidates = [i for i in _saved_iterations(save) if i <= latest]
+    kept = set(candidates[-keep_last:])
     removed = []
-    for iteration in _saved_iterations(save):
+    for iteration in candidates:
         directory = iteration_dir(save, iteration)
         if iteration in kept or (protect is not None and directory.resolve() == protect.resolve()):
             continue

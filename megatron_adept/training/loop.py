@@ -272,7 +272,9 @@ class Trainer:
         logger.info(f"saved iteration {self.iteration} to {ckpt.save}")
         if ckpt.keep_last is not None and dist.get_rank() == 0:
             resumed_from = self.weights_dir if self.resume_iteration is not None else None
-            for old in remove_old_checkpoints(ckpt.save, ckpt.keep_last, resumed_from):
+            for old in remove_old_checkpoints(
+                ckpt.save, ckpt.keep_last, self.iteration, resumed_from
+            ):
                 logger.info(f"removed {old} (--keep-last {ckpt.keep_last})")
 
     def train(self) -> list[StepResult]:
