@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from megatron_adept.checkpoint.atomic import write_json_atomic
+from megatron_adept.checkpoint.atomic import check_output_file, write_json_atomic
 from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
 from megatron_adept.config.cli import arg, build_parser, extract, run_cli
 from megatron_adept.config.parallel import ParallelConfig
@@ -27,9 +27,7 @@ class EvalLossConfig:
     """Checkpoint and corpora to score."""
 
     load: str = arg(help="Checkpoint to evaluate.")
-    data: list[str] = arg(
-        help="JSONL corpora ({'text'} or {'prompt','answer'} items).", default_factory=list
-    )
+    data: list[str] = arg(help="JSONL corpora ({'text'} or {'prompt','answer'} items).")
     out: str | None = arg(None, "Write the losses as JSON.")
     seq_length: int = arg(512, "Tokens per sequence (longer items are truncated).")
     micro_batch_size: int = arg(8, "Sequences per forward pass.")
@@ -39,6 +37,8 @@ class EvalLossConfig:
         for name in ("seq_length", "micro_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be > 0")
+        if self.out is not None:
+            check_output_file(self.out, "--out")  # before the evaluation, not after it
 
 
 def main() -> None:

@@ -26,6 +26,19 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Refuse an output file that is a directory or whose directory is missing or read-only,
+    before any work: a long evaluation must not end in a failed write."""
+    path = Path(path)
+    if path.is_dir():
+        raise AdeptError(f"{flag} {str(path)!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise AdeptError(f"directory of {flag} {str(path)!r} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise AdeptError(f"directory of {flag} {str(path)!r} is not writable")
+    return path
+
+
 def temp_sibling(out: Path) -> Path:
     return out.parent / f".{out.name}.tmp-{os.getpid()}"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -382,8 +383,10 @@ class ConvertConfig:
             raise AdeptError(
                 "give --hf-dir DIR to convert from Hugging Face, or --to-hf --load CKPT"
             )
-        if self.max_shard_size_gb <= 0:
-            raise AdeptError(f"--max-shard-size-gb={self.max_shard_size_gb} must be positive")
+        if not 0 < self.max_shard_size_gb < math.inf:  # also refuses nan
+            raise AdeptError(
+                f"--max-shard-size-gb={self.max_shard_size_gb} must be a positive finite number"
+            )
 
     @property
     def max_shard_bytes(self) -> int:

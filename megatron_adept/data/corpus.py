@@ -59,6 +59,16 @@ def load_corpus(path: str | Path, tokenizer: Tokenizer) -> list[CorpusItem]:
     return items
 
 
+def check_vocabulary(items: list[CorpusItem], vocab_size: int, tokenizer_source: str) -> None:
+    """Refuse token ids the model has no embedding for (a tokenizer of another model)."""
+    largest = max((max(item.ids) for item in items if item.ids), default=-1)
+    if largest >= vocab_size:
+        raise DataError(
+            f"tokenizer ({tokenizer_source}) produced token id {largest}, but the model's "
+            f"vocabulary has {vocab_size} entries: wrong --tokenizer?"
+        )
+
+
 def item_row(item: CorpusItem, seq_length: int) -> tuple[list[int], list[int], list[float]]:
     """(tokens, labels, loss mask) of one item, at most ``seq_length`` positions long.
 

@@ -11,11 +11,19 @@ from typing import IO, Any
 from megatron_adept.errors import DataError
 
 
-def open_text(path: str | Path) -> IO[str]:
-    """Open a ``.jsonl`` or ``.jsonl.gz`` file for reading, or name the missing file."""
+def check_input_file(path: str | Path) -> Path:
+    """Name an input that is missing or a directory before anything tries to read it."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"input file {str(path)!r} is a directory")
     if not path.is_file():
         raise DataError(f"input file {str(path)!r} does not exist")
+    return path
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a ``.jsonl`` or ``.jsonl.gz`` file for reading, or name the missing file."""
+    path = check_input_file(path)
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
     return path.open(encoding="utf-8")

@@ -26,7 +26,7 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 from megatron_adept.config.cli import arg
-from megatron_adept.data.jsonl import parse_line, read_lines, require_str
+from megatron_adept.data.jsonl import check_input_file, parse_line, read_lines, require_str
 from megatron_adept.data.tokenizer import Tokenizer
 from megatron_adept.data.windows import check_window, window_spans
 from megatron_adept.errors import DataError
@@ -67,11 +67,12 @@ class PreprocessConfig:
             raise DataError("--window and --stride go together")
         if self.window is not None:
             check_window(self.window, self.stride)
-        if not Path(self.input).is_file():
-            raise DataError(f"input file {self.input!r} does not exist")
+        check_input_file(self.input)
         parent = Path(self.output_prefix).parent
         if not parent.is_dir():
             raise DataError(f"directory of --output-prefix {str(parent)!r} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise DataError(f"directory of --output-prefix {str(parent)!r} is not writable")
         existing = [p for p in self.output_paths() if Path(p).exists()]
         if existing and not self.overwrite:
             raise DataError(f"{existing[0]} exists (pass --overwrite to replace it)")

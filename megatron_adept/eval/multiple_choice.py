@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_adept.checkpoint.atomic import check_output_file
 from megatron_adept.config.cli import arg
 from megatron_adept.data.corpus import CorpusItem, corpus_batches
 from megatron_adept.data.jsonl import read_jsonl, require_str
@@ -87,8 +88,8 @@ class MultipleChoiceConfig:
             raise AdeptError(f"--questions-per-batch={self.questions_per_batch} must be >= 1")
         if len(set(self.checkpoints)) != len(self.checkpoints):
             raise AdeptError("--compare names a checkpoint twice (or --load again)")
-        if self.out is not None and not Path(self.out).resolve().parent.is_dir():
-            raise AdeptError(f"the directory of --out {self.out!r} does not exist")
+        if self.out is not None:
+            check_output_file(self.out, "--out")
 
     @property
     def checkpoints(self) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_adept.checkpoint.atomic import check_output_file
 from megatron_adept.checkpoint.mcore_io import load_model
 from megatron_adept.config.cli import arg
 from megatron_adept.config.parallel import ParallelConfig
@@ -61,9 +62,9 @@ class TokenShiftConfig:
                 f"--seq-length={self.seq_length} must be >= 2, --micro-batch-size="
                 f"{self.micro_batch_size} >= 1 and --top={self.top} >= 0"
             )
-        for path in (self.out, self.plot):
-            if path is not None and not Path(path).resolve().parent.is_dir():
-                raise AdeptError(f"the directory of {path!r} does not exist")
+        for flag, path in (("--out", self.out), ("--plot", self.plot)):
+            if path is not None:
+                check_output_file(path, flag)
 
 
 def shift_class(rank: int) -> str:

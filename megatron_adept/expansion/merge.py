@@ -15,6 +15,7 @@ the result and the input being read.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,9 @@ class MergeConfig:
             raise AdeptError(
                 f"--weights has {len(self.weights)} value(s) for {len(self.inputs)} --inputs"
             )
-        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise AdeptError(f"--weights {self.weights} must be >= 0 with a positive sum")
+        finite = all(math.isfinite(w) for w in self.weights)
+        if not finite or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise AdeptError(f"--weights {self.weights} must be finite, >= 0, with a positive sum")
 
     @property
     def normalised_weights(self) -> list[float]:

@@ -6,6 +6,7 @@ megatron's DDP and optimizers only see trainable parameters.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +40,10 @@ class OptimizerSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.lr < 0 or self.min_lr < 0:
-            raise ConfigError(f"--lr={self.lr} and --min-lr={self.min_lr} must be >= 0")
+        for name in ("lr", "min_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')}={value} must be finite and >= 0")
         if self.min_lr > self.lr:
             raise ConfigError(f"--min-lr={self.min_lr} is larger than --lr={self.lr}")
         if self.clip_grad < 0:

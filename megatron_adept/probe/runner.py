@@ -10,11 +10,17 @@ import torch
 import torch.distributed as dist
 from megatron.core.utils import get_model_config
 
+from megatron_adept.checkpoint.atomic import check_output_file
 from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
 from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.config.cli import arg
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
-from megatron_adept.data.corpus import CorpusItem, corpus_batches, counted_tokens, load_corpus
+from megatron_adept.data.corpus import (
+    check_vocabulary,
+    corpus_batches,
+    counted_tokens,
+    load_corpus,
+)
 from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
 from megatron_adept.errors import AdeptError, DataError
 from megatron_adept.importance.unit_importance import importance_from_gradient, loss_gradient
@@ -23,7 +29,7 @@ from megatron_adept.parallel.log import get_logger
 from megatron_adept.probe.heatmap import plot_importance
 from megatron_adept.probe.layer_importance import masking_probe
 from megatron_adept.probe.methods import cumulative_scores, fisher_scores, rank_scores
-from megatron_adept.probe.scores import LayerScores, check_output_file
+from megatron_adept.probe.scores import LayerScores
 from megatron_adept.probe.selection import least_important, suggested_k
 
 logger = get_logger(__name__)
@@ -108,15 +114,6 @@ def probe_layers(
     )
 
 
-def _check_vocabulary(items: list[CorpusItem], vocab_size: int, tokenizer_source: str) -> None:
-    largest = max((max(item.ids) for item in items if item.ids), default=-1)
-    if largest >= vocab_size:
-        raise DataError(
-            f"tokenizer ({tokenizer_source}) produced token id {largest}, but the model's "
-            f"vocabulary has {vocab_size} entries: wrong --tokenizer?"
-        )
-
-
 def load_probe_batches(
     config: ProbeConfig, parallel: ParallelConfig, tokenizer: TokenizerConfig
 ) -> tuple[list[MicroBatch], CheckpointMeta]:
@@ -134,7 +131,7 @@ def load_probe_batches(
         check_output_file(config.plot, "--plot")
     items = load_corpus(config.probe_data, resolve_tokenizer(tokenizer.tokenizer, config.load))
     source = tokenizer.tokenizer or f"stored in {config.load}"
-    _check_vocabulary(items, meta.arch.vocab_size, source)
+    check_vocabulary(items, meta.arch.vocab_size, source)
     batches = corpus_batches(items, config.seq_length, config.micro_batch_size)
     if counted_tokens(batches) == 0:
         raise DataError(

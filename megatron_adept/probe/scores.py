@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from megatron_adept.checkpoint.atomic import write_json_atomic
-from megatron_adept.errors import AdeptError
 
 
 @dataclass(frozen=True)
@@ -53,15 +51,3 @@ class LayerScores:
     def write(self, path: str | Path) -> None:
         """Write atomically: readers see the old file or the whole new one."""
         write_json_atomic(path, self.to_dict())
-
-
-def check_output_file(path: str | Path, flag: str) -> Path:
-    """Refuse an output path whose directory is missing or read-only, before any work."""
-    path = Path(path)
-    if path.is_dir():
-        raise AdeptError(f"{flag} {str(path)!r} is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise AdeptError(f"directory of {flag} {str(path)!r} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise AdeptError(f"directory of {flag} {str(path)!r} is not writable")
-    return path

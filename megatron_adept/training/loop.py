@@ -15,7 +15,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_adept.checkpoint.mcore_io import load_model_weights
 from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
-from megatron_adept.data.corpus import corpus_batches, load_corpus
+from megatron_adept.data.corpus import check_vocabulary, corpus_batches, load_corpus
 from megatron_adept.data.datasets import (
     DataConfig,
     build_train_valid_test_datasets,
@@ -75,12 +75,14 @@ class RunConfig:
     expected: ExpectedModelConfig
 
 
-def load_probe_batches(config: RunConfig, weights_dir: Path) -> list[MicroBatch]:
-    """The probe corpus as fixed micro-batches (raises on a missing or empty corpus)."""
+def load_probe_batches(config: RunConfig, weights_dir: Path, vocab_size: int) -> list[MicroBatch]:
+    """The probe corpus as fixed micro-batches (raises on a missing, empty or foreign corpus)."""
     if config.adept.probe_data is None:
         raise DataError(f"--mode {config.adept.mode} needs --probe-data (the general corpus)")
     tokenizer = resolve_tokenizer(config.adept.tokenizer, weights_dir)
     items = load_corpus(config.adept.probe_data, tokenizer)
+    source = config.adept.tokenizer or f"stored in {weights_dir}"
+    check_vocabulary(items, vocab_size, source)
     return corpus_batches(items, config.training.seq_length, config.training.micro_batch_size)
 
 
@@ -103,7 +105,9 @@ class Trainer:
             config.adept.mode, self.meta.layer_map, config.adept.importance
         )
         self.probe_batches = (
-            load_probe_batches(config, self.weights_dir) if self.plan.decoupled else []
+            load_probe_batches(config, self.weights_dir, self.meta.arch.vocab_size)
+            if self.plan.decoupled
+            else []
         )
         self.iteration = 0
         self.consumed_samples = 0

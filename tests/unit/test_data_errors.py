@@ -69,7 +69,6 @@ def test_malformed_json_in_a_worker_process(tmp_path, tokenizer):
         ("\n \n", [], ["bad.jsonl", "holds no documents"]),
         ('{"text": "a"}\n', ["--window", "8", "--stride", "8"], ["--window=8", "--stride=8"]),
         ('{"text": "a"}\n', ["--window", "8"], ["--window and --stride go together"]),
-        ('{"text": "a"}\n', ["--workers", "0"], ["--workers=0"]),
     ],
 )
 def test_bad_input(tmp_path, tokenizer, monkeypatch, capsys, lines, extra, fragments):

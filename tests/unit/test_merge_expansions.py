@@ -156,8 +156,8 @@ def test_weights_are_validated_and_normalised():
         (["x"], None, "at least two checkpoints, got 1"),
         (["x", "x"], None, "names a checkpoint twice"),
         (["x", "y"], [1.0], "--weights has 1 value(s) for 2 --inputs"),
-        (["x", "y"], [1.0, -0.5], "must be >= 0 with a positive sum"),
-        (["x", "y"], [0.0, 0.0], "must be >= 0 with a positive sum"),
+        (["x", "y"], [1.0, -0.5], ">= 0, with a positive sum"),
+        (["x", "y"], [0.0, 0.0], ">= 0, with a positive sum"),
     ]:
         with pytest.raises(AdeptError, match=re.escape(message)):
             MergeConfig("b", inputs, "o", weights)

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from megatron_adept.checkpoint.atomic import check_output_file
 from megatron_adept.errors import AdeptError
 from megatron_adept.importance.unit_importance import UnitImportance, UnitStat
 from megatron_adept.probe import LayerScores, ProbeConfig
 from megatron_adept.probe.methods import rank_scores
-from megatron_adept.probe.scores import check_output_file
 from megatron_adept.probe.selection import least_important, suggested_k
 
 

@@ -31,21 +31,6 @@ def test_bad_flags(train_inputs, tmp_path, extra, fragments):
     assert not (tmp_path / "run").exists()
 
 
-def test_adept_needs_copies(train_inputs, tmp_path):
-    result = run(
-        pretrain_args(
-            train_inputs,
-            "--train-iters",
-            "1",
-            "--save",
-            str(tmp_path / "run"),
-            load=train_inputs.plain,
-        )
-    )
-    assert_one_line_error(result, "--mode adept", "expand")
-    assert not (tmp_path / "run").exists()
-
-
 def test_empty_probe_corpus(train_inputs, tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     args = pretrain_args(train_inputs, "--train-iters", "1", "--save", str(tmp_path / "run"))
