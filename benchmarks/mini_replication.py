@@ -1,39 +1,44 @@
 """Miniature replication of the paper's comparison on the bundled demo corpora (CPU).
 
   python benchmarks/mini_replication.py [--out runs/mini_replication] [--seeds 1 2 3]
+      [--iters 60] [--lr 1e-3] [--jobs 1] [--cache DIR] [--methods ...]
 
-From one base model (the quickstart's: pretrained on the general corpus and cached), every
-method trains on the domain corpus for the same number of steps, batch and sequence length
-(the same token budget) and seed, single-process:
+From one base model (built and cached as the quickstart builds it), every trained method
+runs on the domain corpus for the same steps, global batch and sequence length (the same token
+budget) and seed, in one process each, and is evaluated like the quickstart evaluates
+(held-out loss and 0-shot multiple choice, general and domain):
 
-  Vanilla       the base model, untrained
-  PT-Full       every parameter (--mode pt-full)
+  Vanilla       the base model, untrained (evaluated once: it involves no randomness)
+  PT-Full       every parameter, uniform lr (--mode pt-full)
   Replay        PT-Full on a blend of 80% domain and 20% general data
-  LLaMA-Pro     k uniformly spaced copies, uniform lr (--mode llama-pro)
+  LLaMA-Pro     k uniformly placed copies, uniform lr (--mode llama-pro)
   w/o Stage-1   no expansion; the k least important original layers train with decoupled
                 lrs (--mode no-stage1)
-  w/o Stage-2   the k least important layers copied, uniform lr (--mode no-stage2)
-  ADEPT         the k least important layers copied, decoupled lrs (--mode adept)
+  w/o Stage-2   copies of the k least important layers, uniform lr (--mode no-stage2)
+  ADEPT         copies of the k least important layers, decoupled lrs (--mode adept)
 
-k is the probe's suggestion. Each (method, seed) result is stored as JSON under OUT/results,
-so an interrupted replication resumes where it stopped. OUT/results.md holds mean ± std over
-seeds and OUT/results.png the same figures.
+k is the Stage-1 probe's suggestion. Subprocesses run single-threaded (unless OMP_NUM_THREADS
+says otherwise), so a seed gives the same numbers on every run. Each (method, seed) result is
+stored as OUT/results/NAME.json (log and checkpoint in OUT/runs/NAME/): an interrupted
+replication resumes where it stopped, and results computed under other settings are refused
+rather than mixed in. OUT/results.md holds mean ± std over seeds, OUT/results.png the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
-import math
+import os
 import re
+import shlex
+import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from quickstart import (  # noqa: E402
@@ -43,6 +48,7 @@ from quickstart import (  # noqa: E402
     Pipeline,
     QuickstartError,
     check_output,
+    omp_threads,
     prepare_base,
     tool,
 )
@@ -51,249 +57,357 @@ METHODS = ("Vanilla", "PT-Full", "Replay", "LLaMA-Pro", "w/o Stage-1", "w/o Stag
 GLOBAL_BATCH = 16
 MICRO_BATCH = 8
 REPLAY_GENERAL_SHARE = 0.2
-THROUGHPUT = re.compile(r"tokens/s ([0-9.]+) \| trainable params ([0-9,]+)")
+STEP_LOG = re.compile(r"iteration \d+ \|.*\| tokens/s ([0-9.]+) \| trainable params ([0-9,]+)")
 
 
-def peak_rss_while(cmd: list[str], log: Path) -> tuple[int, float]:
-    """Run ``cmd`` with output to ``log``; returns (exit code, peak RSS in MiB)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT)
-        peak = 0
-        handle = psutil.Process(proc.pid)
-        done = threading.Event()
+@dataclass(frozen=True)
+class Settings:
+    """Everything a result depends on besides method and seed; stored with each result."""
 
-        def poll() -> None:
-            nonlocal peak
-            while not done.is_set():
-                try:
-                    peak = max(peak, handle.memory_info().rss)
-                except psutil.Error:
-                    return
-                time.sleep(0.05)
-
-        watcher = threading.Thread(target=poll, daemon=True)
-        watcher.start()
-        code = proc.wait()
-        done.set()
-        watcher.join()
-    return code, peak / 2**20
+    iters: int
+    lr: float
+    base: str  # cache entry of the base model (keyed by its recipe and inputs)
+    k: int
+    threads: str  # OMP_NUM_THREADS: float reductions, hence results, may depend on it
 
 
-def total_params(ckpt: Path) -> int:
-    """Model parameters stored in a checkpoint (optimizer state excluded)."""
-    from megatron.core import dist_checkpointing
+def run_name(method: str, seed: int | None) -> str:
+    slug = method.replace("/", "").replace(" ", "_")
+    return slug if seed is None else f"{slug}-seed{seed}"
+
+
+def stored_params(ckpt: Path) -> int:
+    """Parameters in a converted or expanded checkpoint (these hold weights only)."""
+    import math
+    import warnings
+
+    with warnings.catch_warnings():  # megatron-core's notes on missing GPU accelerators
+        warnings.simplefilter("ignore")
+        from megatron.core import dist_checkpointing
 
     stored = dist_checkpointing.load_tensors_metadata(str(ckpt))
-    return sum(
-        math.prod(meta.global_shape)
-        for key, meta in stored.items()
-        if not key.startswith("optimizer")
-    )
+    return sum(math.prod(meta.global_shape) for meta in stored.values())
 
 
 class Replication:
-    def __init__(self, out: Path, iters: int, lr: float, cache: Path) -> None:
-        self.out = out
-        self.iters = iters
-        self.lr = lr
-        self.pipe = Pipeline(out, cache)
-        self.results = out / "results"
+    """Shared inputs (base, probe, expansions) and one train-and-evaluate run per method/seed."""
 
-    def prepare(self) -> None:
-        """Base model, probe, and both expansions (shared by every seed)."""
-        out, pipe = self.out, self.pipe
+    def __init__(self, out: Path, cache: Path | None) -> None:
+        self.out = out
+        self.cache = cache
         self.data = out / "data"
-        base_hf = prepare_base(pipe, out)
         self.base = out / "base_ckpt"
-        if not (self.base / "manifest.json").is_file():
+        self.importance = out / "importance.json"
+        self.expanded = out / "expanded"
+        self.uniform = out / "uniform"
+
+    def prepare(self, iters: int, lr: float) -> Settings:
+        """Base model, Stage-1 probe and both expansions, each built once and reused."""
+        pipe = Pipeline(self.out, self.cache)
+        base_hf = prepare_base(pipe, self.out)
+        if not self.base.is_dir():
             pipe.run(
                 "convert base", tool("convert_hf.py") + ["--hf-dir", base_hf, "--out", self.base]
             )
-        self.importance = out / "importance.json"
         if not self.importance.is_file():
             pipe.run(
                 "probe (Stage 1)",
                 tool("probe_importance.py")
                 + ["--load", self.base, "--probe-data", DATA / "general_probe.jsonl"]
-                + ["--out", self.importance, "--seq-length", SEQ],
+                + ["--out", self.importance, "--plot", self.out / "importance.png"]
+                + ["--seq-length", SEQ],
             )
-        self.k = json.loads(self.importance.read_text())["suggested_k"]
-        self.expanded, self.uniform = out / "expanded", out / "uniform"
+        k = json.loads(self.importance.read_text())["suggested_k"]
         for path, how in (
             (self.expanded, ["--importance", self.importance]),
             (self.uniform, ["--uniform"]),
         ):
-            if not (path / "manifest.json").is_file():
+            if not path.is_dir():
                 pipe.run(
-                    f"expand {path.name}",
-                    tool("expand_ckpt.py")
-                    + ["--load", self.base, "--out", path, *how, "--k", self.k, "--overwrite"],
+                    f"expand ({path.name})",
+                    tool("expand_ckpt.py") + ["--load", self.base, "--out", path, *how, "--k", k],
                 )
+        self.params = {
+            ckpt: stored_params(ckpt) for ckpt in (self.base, self.expanded, self.uniform)
+        }
+        return Settings(iters, lr, base_hf.name, k, omp_threads())
 
-    def method_args(self, method: str) -> list:
-        domain, general = self.data / "domain", self.data / "general"
+    def copied_layers(self, ckpt: Path) -> list[int]:
+        meta = json.loads((ckpt / "adept_meta.json").read_text())
+        return [e["source"] for e in meta["layer_map"] if e["kind"] == "copy"]
+
+    def method_args(self, method: str) -> tuple[Path, list]:
+        """Starting checkpoint, and --mode and data flags, of a trained method."""
+        domain = ["--data-path", self.data / "domain"]
         probe = ["--probe-data", DATA / "general_probe.jsonl"]
+        replay = ["--data-path", 1 - REPLAY_GENERAL_SHARE, self.data / "domain"]
+        replay += [REPLAY_GENERAL_SHARE, self.data / "general"]
         return {
-            "PT-Full": ["--load", self.base, "--mode", "pt-full", "--data-path", domain],
-            "Replay": [
-                "--load",
+            "PT-Full": (self.base, ["--mode", "pt-full", *domain]),
+            "Replay": (self.base, ["--mode", "pt-full", *replay]),
+            "LLaMA-Pro": (self.uniform, ["--mode", "llama-pro", *domain]),
+            "w/o Stage-1": (
                 self.base,
-                "--mode",
-                "pt-full",
-                "--data-path",
-                1 - REPLAY_GENERAL_SHARE,
-                domain,
-                REPLAY_GENERAL_SHARE,
-                general,
-            ],
-            "LLaMA-Pro": ["--load", self.uniform, "--mode", "llama-pro", "--data-path", domain],
-            "w/o Stage-1": [
-                "--load",
-                self.base,
-                "--mode",
-                "no-stage1",
-                "--importance",
-                self.importance,
-                "--data-path",
-                domain,
-                *probe,
-            ],
-            "w/o Stage-2": ["--load", self.expanded, "--mode", "no-stage2", "--data-path", domain],
-            "ADEPT": ["--load", self.expanded, "--mode", "adept", "--data-path", domain, *probe],
+                ["--mode", "no-stage1", "--importance", self.importance, *domain, *probe],
+            ),
+            "w/o Stage-2": (self.expanded, ["--mode", "no-stage2", *domain]),
+            "ADEPT": (self.expanded, ["--mode", "adept", *domain, *probe]),
         }[method]
 
-    def run(self, method: str, seed: int) -> dict:
-        """Train (unless Vanilla) and evaluate one method; cached as JSON.
+    def result_file(self, method: str, seed: int | None) -> Path:
+        return self.out / "results" / f"{run_name(method, seed)}.json"
 
-        Vanilla involves no randomness: it is evaluated once, under seed 0.
-        """
-        if method == "Vanilla":
-            seed = 0
-        name = f"{method.replace('/', '').replace(' ', '_')}-seed{seed}"
-        result_file = self.results / f"{name}.json"
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
-        print(f"\n##### {method}, seed {seed} #####", flush=True)
-        if method == "Vanilla":
-            result = self.pipe.evaluate({name: self.base})[name]
-            result.update(trainable_pct=0.0, step_seconds=None, peak_rss_mib=None)
-        else:
-            save = self.out / "runs" / name
-            subprocess.run(["rm", "-rf", str(save)], check=True)
-            log = self.out / "runs" / f"{name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, REPO / "pretrain_adept.py", *self.method_args(method)]
-            cmd += [
-                "--save",
-                save,
-                "--train-iters",
-                self.iters,
-                "--seed",
-                seed,
-                "--global-batch-size",
-                GLOBAL_BATCH,
-                "--micro-batch-size",
-                MICRO_BATCH,
-                "--seq-length",
-                SEQ,
-                "--lr",
-                self.lr,
-                "--min-lr",
-                self.lr / 10,
-                "--importance-interval",
-                max(1, self.iters // 2),
-                "--log-interval",
-                5,
-                "--split",
-                "100,0,0",
-            ]
-            start = time.monotonic()
-            code, peak = peak_rss_while(cmd, log)
-            if code != 0:
-                raise QuickstartError(f"{method} (seed {seed}) failed; see {log}")
-            self.pipe.times[f"train {name}"] = time.monotonic() - start
-            rates = THROUGHPUT.findall(log.read_text())
-            tokens_per_step = GLOBAL_BATCH * SEQ
-            step_seconds = statistics.median(tokens_per_step / float(r) for r, _ in rates[1:])
-            trainable = int(rates[-1][1].replace(",", ""))
-            ckpt = save / f"iter_{self.iters:07d}"
-            result = self.pipe.evaluate({name: ckpt})[name]
-            result.update(
-                trainable_pct=100 * trainable / total_params(ckpt),
-                step_seconds=step_seconds,
-                peak_rss_mib=peak,
+    def cached(self, method: str, seed: int | None, settings: Settings) -> dict | None:
+        """The stored result, if any; one computed under other settings is refused."""
+        path = self.result_file(method, seed)
+        if not path.is_file():
+            return None
+        result = json.loads(path.read_text())
+        if result.get("settings") != asdict(settings):
+            raise QuickstartError(
+                f"{path} was computed with {result.get('settings')}, not {asdict(settings)}; "
+                "use another --out"
             )
-        result_file.parent.mkdir(parents=True, exist_ok=True)
-        result_file.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def run(self, method: str, seed: int | None, settings: Settings) -> dict:
+        """Train (unless Vanilla) and evaluate one method; the result is stored as JSON."""
+        name = run_name(method, seed)
+        run_dir = self.out / "runs" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        pipe = Pipeline(run_dir, log=run_dir / "log.txt")
+        start = time.monotonic()
+        if method == "Vanilla":
+            ckpt = self.base
+            result = {"trainable_pct": 0.0, "step_seconds": None, "peak_rss_mib": None}
+        else:
+            load, method_flags = self.method_args(method)
+            save = run_dir / "ckpt"
+            pipe.run(
+                "train",
+                [sys.executable, REPO / "pretrain_adept.py", "--load", load, *method_flags]
+                + ["--save", save, "--seed", seed, "--train-iters", settings.iters]
+                + ["--global-batch-size", GLOBAL_BATCH, "--micro-batch-size", MICRO_BATCH]
+                + ["--seq-length", SEQ, "--lr", settings.lr, "--min-lr", settings.lr / 10]
+                + ["--importance-interval", max(1, settings.iters // 2), "--log-interval", 1]
+                + ["--split", "100,0,0", "--data-cache-path", run_dir / "index-cache"],
+            )
+            steps = STEP_LOG.findall((run_dir / "log.txt").read_text())
+            step_seconds = [GLOBAL_BATCH * SEQ / float(rate) for rate, _ in steps]
+            result = {
+                "trainable_pct": 100 * int(steps[-1][1].replace(",", "")) / self.params[load],
+                # Every step does the same work; on a shared machine contention only adds
+                # time, so the fastest decile estimates the cost of a step.
+                "step_seconds": statistics.quantiles(step_seconds, n=10)[0],
+                "peak_rss_mib": pipe.peak_rss_mib["train"],
+            }
+            ckpt = save / f"iter_{settings.iters:07d}"
+        result.update(pipe.evaluate({name: ckpt})[name])
+        result.update(
+            method=method, seed=seed, settings=asdict(settings), seconds=time.monotonic() - start
+        )
+        path = self.result_file(method, seed)
+        path.parent.mkdir(exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(path.with_suffix(".tmp"), path)
         return result
 
 
 FIELDS = (
     ("general_loss", "general loss ↓", "{:.3f}"),
+    ("general_mc_acc", "general MC acc ↑", "{:.3f}"),
     ("domain_loss", "domain loss ↓", "{:.3f}"),
-    ("general_mc_acc", "general MC ↑", "{:.3f}"),
-    ("domain_mc_acc", "domain MC ↑", "{:.3f}"),
+    ("domain_mc_acc", "domain MC acc ↑", "{:.3f}"),
     ("trainable_pct", "trainable %", "{:.1f}"),
     ("step_rel", "step time vs PT-Full", "{:.2f}"),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}"),
 )
 
 
-def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Mean and standard deviation over seeds of every field, per method."""
-    pt_full = [r["step_seconds"] for r in results["PT-Full"]]
+def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, list[float]]]:
+    """Per method, every field's values over seeds (step time relative to the same seed's
+    PT-Full run)."""
+    pt_full = {r["seed"]: r["step_seconds"] for r in results["PT-Full"]}
     table = {}
     for method, runs in results.items():
-        for run, reference in zip(runs, pt_full, strict=True):
-            run["step_rel"] = (
-                None if run["step_seconds"] is None else run["step_seconds"] / reference
-            )
-        row = {}
-        for key, _, _ in FIELDS:
-            values = [r[key] for r in runs if r[key] is not None]
-            if values:
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                row[key] = (statistics.mean(values), std)
-        table[method] = row
+        for run in runs:
+            step = run["step_seconds"]
+            run["step_rel"] = None if step is None else step / pt_full[run["seed"]]
+        table[method] = {key: [r[key] for r in runs if r[key] is not None] for key, _, _ in FIELDS}
     return table
 
 
-def write_markdown(path: Path, table: dict, settings: str, command: str) -> None:
-    header = "| method | " + " | ".join(label for _, label, _ in FIELDS) + " |"
-    lines = [header, "|---" * (len(FIELDS) + 1) + "|"]
+def spread(values: list[float]) -> float:
+    """Sample standard deviation over seeds; 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_std(values: list[float], fmt: str) -> str:
+    """``mean ± std``; a single value (Vanilla: one deterministic evaluation) alone."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(spread(values))}"
+
+
+def ordering(table: dict, key: str) -> str:
+    means = {m: statistics.mean(row[key]) for m, row in table.items()}
+    return " < ".join(sorted(means, key=means.get))
+
+
+def write_markdown(path: Path, table: dict, settings: list[str], command: str) -> None:
+    lines = [
+        "| method | " + " | ".join(label for _, label, _ in FIELDS) + " |",
+        "|---" * (len(FIELDS) + 1) + "|",
+    ]
     for method, row in table.items():
-        cells = [
-            "–" if key not in row else f"{fmt.format(row[key][0])} ± {fmt.format(row[key][1])}"
-            for key, _, fmt in FIELDS
-        ]
+        cells = [mean_std(row[key], fmt) for key, _, fmt in FIELDS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     path.write_text(
         "# Miniature replication\n\n"
-        f"Command: `{command}`\n\n{settings}\n\n" + "\n".join(lines) + "\n"
+        f"Command: `{command}`\n\n"
+        + "".join(f"- {s}\n" for s in settings)
+        + "\n"
+        + "\n".join(lines)
+        + "\n\nOrder by mean (lowest first):\n\n"
+        f"- general loss: {ordering(table, 'general_loss')}\n"
+        f"- domain loss: {ordering(table, 'domain_loss')}\n"
     )
 
 
 def write_plot(path: Path, table: dict) -> None:
+    """One bar chart per field (error bars: std over seeds) and the general/domain trade-off."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [f for f in FIELDS if f[0] != "trainable_pct"]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
-    methods = list(table)
-    for ax, (key, label, _) in zip(axes.flat, keys, strict=True):
-        shown = [m for m in methods if key in table[m]]
-        means = [table[m][key][0] for m in shown]
-        stds = [table[m][key][1] for m in shown]
-        ax.bar(range(len(shown)), means, yerr=stds, capsize=3, color="tab:blue")
+    color = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
+    for ax, (key, label, _) in zip(axes.flat, FIELDS, strict=False):
+        shown = [m for m in table if table[m][key]]
+        means = [statistics.mean(table[m][key]) for m in shown]
+        stds = [spread(table[m][key]) for m in shown]
+        ax.bar(range(len(shown)), means, yerr=stds, capsize=3, color=[color[m] for m in shown])
         ax.set_xticks(range(len(shown)), shown, rotation=35, ha="right", fontsize=8)
         ax.set_title(label)
-        if "loss" in key:
-            low, high = min(means), max(means)
-            ax.set_ylim(low - 0.6 * (high - low + 1e-3), high + 0.3 * (high - low + 1e-3))
+        if "loss" in key or "acc" in key:  # zoom in on the differences; Vanilla as reference
+            low = min(m - s for m, s in zip(means, stds, strict=True))
+            high = max(m + s for m, s in zip(means, stds, strict=True))
+            pad = 0.15 * (high - low + 1e-3)
+            ax.set_ylim(low - pad, high + pad)
+            if "Vanilla" in table:
+                ax.axhline(table["Vanilla"][key][0], color="gray", linestyle="--", linewidth=1)
+    trade = axes.flat[-1]
+    for method, row in table.items():
+        x, y = statistics.mean(row["domain_loss"]), statistics.mean(row["general_loss"])
+        trade.errorbar(
+            x,
+            y,
+            xerr=spread(row["domain_loss"]),
+            yerr=spread(row["general_loss"]),
+            fmt="o",
+            color=color[method],
+        )
+        trade.annotate(method, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    trade.set_xlabel("domain loss (lower: more domain gain)")
+    trade.set_ylabel("general loss (lower: less forgetting)")
+    trade.set_title("trade-off (mean ± std)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def brief(result: dict) -> str:
+    """One progress line's worth of a result."""
+    line = (
+        f"general loss {result['general_loss']:.3f}, MC {result['general_mc_acc']:.3f} | "
+        f"domain loss {result['domain_loss']:.3f}, MC {result['domain_mc_acc']:.3f}"
+    )
+    if result["step_seconds"] is not None:
+        line += (
+            f" | {result['trainable_pct']:.1f}% trainable, step {result['step_seconds']:.3f} s,"
+            f" peak RSS {result['peak_rss_mib']:.0f} MiB"
+        )
+    return line
+
+
+def run_all(
+    replication: Replication, tasks: list[tuple[str, int | None]], settings: Settings, jobs: int
+) -> tuple[dict[str, list[dict]], int]:
+    """Results per method in task order, computing the missing ones ``jobs`` at a time.
+
+    Stored results are checked against ``settings`` before any run starts. Returns the
+    results and how many runs were computed.
+    """
+    total = len(tasks)
+    labels = [
+        f"[{i:>2}/{total}] {m}" + ("" if s is None else f", seed {s}")
+        for i, (m, s) in enumerate(tasks, 1)
+    ]
+    stored = [replication.cached(method, seed, settings) for method, seed in tasks]
+
+    def compute(label: str, method: str, seed: int | None) -> dict:
+        log = replication.out / "runs" / run_name(method, seed) / "log.txt"
+        print(f"{label}: running (log {log})", flush=True)
+        result = replication.run(method, seed, settings)
+        print(f"{label}: done in {result['seconds']:.0f} s | {brief(result)}", flush=True)
+        return result
+
+    with ThreadPoolExecutor(jobs) as pool:
+        pending = {
+            i: pool.submit(compute, labels[i], *tasks[i])
+            for i, result in enumerate(stored)
+            if result is None
+        }
+        for i, result in enumerate(stored):
+            if result is not None:
+                print(f"{labels[i]}: stored | {brief(result)}", flush=True)
+        try:
+            for i, future in pending.items():
+                stored[i] = future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    results: dict[str, list[dict]] = {}
+    for (method, _), result in zip(tasks, stored, strict=True):
+        results.setdefault(method, []).append(result)
+    return results, len(pending)
+
+
+def describe(
+    replication: Replication, settings: Settings, seeds: list[int], jobs: int, computed: int
+) -> list[str]:
+    """The settings block of results.md."""
+    selected = json.loads(replication.importance.read_text())["selected"]
+    return [
+        f"Seeds {seeds} (a seed sets the order of the training data); ± is the sample std "
+        "over seeds, Vanilla is one deterministic evaluation.",
+        f"Base model `{settings.base}` (the quickstart's recipe: demo-llama preset pretrained "
+        f"on the general corpus), {replication.params[replication.base]:,} parameters.",
+        f"Every trained method: {settings.iters} steps × {GLOBAL_BATCH} sequences × {SEQ} "
+        f"tokens = {settings.iters * GLOBAL_BATCH * SEQ:,} tokens (micro-batch {MICRO_BATCH}); "
+        f"AdamW, peak lr {settings.lr:g} for every method (warmup 3%, cosine to lr/10), "
+        "weight decay 0.01, gradient clipping 1.0.",
+        f"k = {settings.k} (the probe's suggestion): ADEPT and w/o Stage-2 copy layer(s) "
+        f"{replication.copied_layers(replication.expanded)}, LLaMA-Pro layer(s) "
+        f"{replication.copied_layers(replication.uniform)}; w/o Stage-1 trains original "
+        f"layer(s) {selected}; decoupled lrs are refreshed every "
+        f"{max(1, settings.iters // 2)} steps.",
+        f"Replay blends {1 - REPLAY_GENERAL_SHARE:.0%} domain and {REPLAY_GENERAL_SHARE:.0%} "
+        "general data.",
+        "Evaluation: held-out loss on examples/data/{general,domain}_eval.jsonl (sequence "
+        f"{SEQ}), 0-shot multiple-choice accuracy on {{general,domain}}_mc.jsonl (220 "
+        "questions of 4 choices each, so one question is 0.005).",
+        "Step time: the fastest decile of per-step wall times in the training log (the "
+        "importance refresh is not part of a step), over the same seed's PT-Full. Peak RSS: "
+        "maximum resident set of the training process (wait4).",
+        f"One process per run, OMP_NUM_THREADS={settings.threads}, {jobs} run(s) at a time on "
+        f"{os.cpu_count()} CPUs; torch {importlib.metadata.version('torch')}; {computed} "
+        "run(s) computed by this invocation.",
+    ]
 
 
 def main() -> None:
@@ -302,41 +416,49 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(REPO / "runs" / "mini_replication"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iters", type=int, default=60, help="Training steps per method.")
+    parser.add_argument("--iters", type=int, default=60, help="Training steps of every method.")
     parser.add_argument("--lr", type=float, default=1e-3, help="Peak lr of every method.")
     parser.add_argument(
-        "--cache",
-        default=str(REPO / "runs" / "quickstart" / "cache"),
-        help="Where the pretrained base model is cached (shared with the quickstart).",
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="Subset to run (PT-Full always runs: it is the step-time reference).",
     )
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--jobs", type=int, default=1, help="Runs at a time.")
+    parser.add_argument(
+        "--cache",
+        help="Base-model cache (default OUT/cache; runs/quickstart/cache reuses the "
+        "quickstart's base model).",
+    )
     args = parser.parse_args()
+    if args.iters < 2:
+        parser.error("--iters must be at least 2")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds must be distinct")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     out = Path(args.out).resolve()
     start = time.monotonic()
     try:
         check_output(out)
         out.mkdir(parents=True, exist_ok=True)
-        replication = Replication(out, args.iters, args.lr, Path(args.cache).resolve())
-        replication.prepare()
-        methods = [m for m in METHODS if m in args.methods]
-        if "PT-Full" not in methods:
-            methods.insert(1, "PT-Full")  # the step-time reference
-        results = {m: [replication.run(m, seed) for seed in args.seeds] for m in methods}
+        replication = Replication(out, args.cache and Path(args.cache).resolve())
+        settings = replication.prepare(args.iters, args.lr)
+        methods = [m for m in METHODS if m in args.methods or m == "PT-Full"]
+        tasks = [("Vanilla", None)] if "Vanilla" in methods else []
+        tasks += [(m, seed) for seed in args.seeds for m in methods if m != "Vanilla"]
+        results, computed = run_all(replication, tasks, settings, args.jobs)
     except QuickstartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     table = summarize(results)
-    settings = (
-        f"Seeds {args.seeds}; {args.iters} steps of {GLOBAL_BATCH} x {SEQ} tokens per method "
-        f"({args.iters * GLOBAL_BATCH * SEQ:,} tokens); peak lr {args.lr} (cosine to lr/10); "
-        f"k = {replication.k} (the probe's suggestion); Replay blends "
-        f"{REPLAY_GENERAL_SHARE:.0%} general data; single process on CPU; "
-        f"{time.monotonic() - start:.0f} s wall for this invocation."
-    )
-    command = "python benchmarks/mini_replication.py " + " ".join(sys.argv[1:])
-    write_markdown(out / "results.md", table, settings, command.strip())
+    lines = describe(replication, settings, args.seeds, args.jobs, computed)
+    lines.append(f"Wall time of this invocation: {time.monotonic() - start:.0f} s.")
+    command = shlex.join(["python", "benchmarks/mini_replication.py", *sys.argv[1:]])
+    write_markdown(out / "results.md", table, lines, command)
     write_plot(out / "results.png", table)
-    print((out / "results.md").read_text())
+    print("\n" + (out / "results.md").read_text())
     print(f"wrote {out / 'results.md'} and {out / 'results.png'}")
 
 

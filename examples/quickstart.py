@@ -13,12 +13,14 @@ importance heatmap.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +32,16 @@ SEQ = 128
 BASE_ITERS = 150
 ADEPT_ITERS = 60
 MIN_FREE_BYTES = 2 * 2**30
+
+
+# Runs argv[2:] and writes its peak RSS (KiB, Linux) to argv[1]. Linux carries a process's
+# RSS high-water mark over fork and exec, so a child of a large driver (one that imported torch)
+# would report at least the driver's peak; a child of this small launcher reports its own.
+_MEASURED = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(code if code >= 0 else 128 - code)"
+)
 
 
 class QuickstartError(Exception):
@@ -51,22 +63,45 @@ def torchrun(nproc: int, script: Path) -> list[str]:
     ]
 
 
-class Pipeline:
-    """Runs the stages as subprocesses, timing each; the base model is cached in ``cache``."""
+def omp_threads() -> str:
+    """Threads per subprocess: OMP_NUM_THREADS if set, else 1 (reproducible, and no thread
+    stalls on a busy CPU)."""
+    return os.environ.get("OMP_NUM_THREADS", "1")
 
-    def __init__(self, out: Path, cache: Path | None = None) -> None:
+
+class Pipeline:
+    """Runs the stages as subprocesses, timing each and recording its peak RSS.
+
+    The base model is cached in ``cache``. Output goes to the terminal, or appended to ``log``
+    so that several pipelines can run side by side.
+    """
+
+    def __init__(self, out: Path, cache: Path | None = None, log: Path | None = None) -> None:
         self.out = out
         self.cache = cache or out / "cache"
+        self.log = log
         self.times: dict[str, float] = {}
+        self.peak_rss_mib: dict[str, float] = {}
 
     def run(self, stage: str, cmd: list[str]) -> None:
-        print(f"\n=== {stage} ===", flush=True)
         start = time.monotonic()
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        result = subprocess.run([str(c) for c in cmd], env=env)
+        env = {**os.environ, "OMP_NUM_THREADS": omp_threads()}
+        with contextlib.ExitStack() as stack:
+            sink = None if self.log is None else stack.enter_context(self.log.open("a"))
+            print(f"\n=== {stage} ===", file=sink or sys.stdout, flush=True)
+            peak_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "peak"
+            code = subprocess.call(
+                [str(c) for c in (sys.executable, "-c", _MEASURED, peak_file, *cmd)],
+                env=env,
+                stdout=sink,
+                stderr=sink,
+            )
+            peak_kib = int(peak_file.read_text()) if peak_file.is_file() else 0
         self.times[stage] = self.times.get(stage, 0.0) + time.monotonic() - start
-        if result.returncode != 0:
-            raise QuickstartError(f"stage '{stage}' failed (exit code {result.returncode})")
+        self.peak_rss_mib[stage] = max(self.peak_rss_mib.get(stage, 0.0), peak_kib / 1024)
+        if code != 0:
+            where = "" if self.log is None else f"; see {self.log}"
+            raise QuickstartError(f"stage '{stage}' failed (exit code {code}){where}")
 
     def base_cache_entry(self, tokenizer: Path) -> Path:
         """Where the base model is cached: keyed by recipe, general corpus and tokenizer."""

@@ -53,3 +53,19 @@ def test_cached_base_model_is_reused(tmp_path, monkeypatch):
     assert pipe.base_cache_entry(tokenizer) != entry
     with pytest.raises(AssertionError, match="ran stage 'init base model'"):
         pipe.base_model(tokenizer, tmp_path / "data" / "general")
+
+
+def test_stage_reports_its_own_peak_memory_and_failure(tmp_path):
+    """Peak RSS is the stage's own (not the largest child so far) and a failure names the log."""
+    log = tmp_path / "log.txt"
+    pipe = quickstart.Pipeline(tmp_path, log=log)
+    grab = "import sys; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    pipe.run("big", [sys.executable, "-c", grab, 300])
+    pipe.run("small", [sys.executable, "-c", grab, 10])
+    assert 300 < pipe.peak_rss_mib["big"] < 400
+    assert pipe.peak_rss_mib["small"] < 100
+    with pytest.raises(
+        quickstart.QuickstartError, match=rf"'fails' failed \(exit code 3\); see {log}"
+    ):
+        pipe.run("fails", [sys.executable, "-c", "print('why'); raise SystemExit(3)"])
+    assert log.read_text().endswith("=== fails ===\nwhy\n")
