@@ -97,7 +97,13 @@ class Pipeline:
                 stderr=sink,
             )
             peak_kib = int(peak_file.read_text()) if peak_file.is_file() else 0
-        self.times[stage] = self.times.get(stage, 0.0) + time.monotonic() - start
+            seconds = time.monotonic() - start
+            print(
+                f"--- {stage}: {seconds:.0f} s, peak RSS {peak_kib / 1024:.0f} MiB",
+                file=sink or sys.stdout,
+                flush=True,
+            )
+        self.times[stage] = self.times.get(stage, 0.0) + seconds
         self.peak_rss_mib[stage] = max(self.peak_rss_mib.get(stage, 0.0), peak_kib / 1024)
         if code != 0:
             where = "" if self.log is None else f"; see {self.log}"
@@ -380,6 +386,7 @@ def main() -> None:
         **results,
         "expanded_layers": expanded,
         "stage_seconds": pipe.times,
+        "stage_peak_rss_mib": pipe.peak_rss_mib,
         "total_seconds": time.monotonic() - start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

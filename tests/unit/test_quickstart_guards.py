@@ -68,4 +68,4 @@ def test_stage_reports_its_own_peak_memory_and_failure(tmp_path):
         quickstart.QuickstartError, match=rf"'fails' failed \(exit code 3\); see {log}"
     ):
         pipe.run("fails", [sys.executable, "-c", "print('why'); raise SystemExit(3)"])
-    assert log.read_text().endswith("=== fails ===\nwhy\n")
+    assert "=== fails ===\nwhy\n--- fails: " in log.read_text()
