@@ -17,11 +17,12 @@ budget) and seed, in one process each, and is evaluated like the quickstart eval
   w/o Stage-2   copies of the k least important layers, uniform lr (--mode no-stage2)
   ADEPT         copies of the k least important layers, decoupled lrs (--mode adept)
 
-k is the Stage-1 probe's suggestion. Subprocesses run single-threaded (unless OMP_NUM_THREADS
-says otherwise), so a seed gives the same numbers on every run. Each (method, seed) result is
-stored as OUT/results/NAME.json (log and checkpoint in OUT/runs/NAME/): an interrupted
-replication resumes where it stopped, and results computed under other settings are refused
-rather than mixed in. OUT/results.md holds mean ± std over seeds, OUT/results.png the same.
+k is the Stage-1 probe's suggestion. Each run uses CPUs // --jobs threads (unless
+OMP_NUM_THREADS says otherwise), recorded with its result; a seed gives the same numbers on
+every run. Each (method, seed) result is stored as OUT/results/NAME.json (log and checkpoint in
+OUT/runs/NAME/): an interrupted replication resumes where it stopped, and results computed
+under other settings are refused rather than mixed in. OUT/results.md holds mean ± std over
+seeds, OUT/results.png the same.
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ class Replication:
         self.expanded = out / "expanded"
         self.uniform = out / "uniform"
 
-    def prepare(self, iters: int, lr: float) -> Settings:
-        """Base model, Stage-1 probe and both expansions, each built once and reused."""
+    def prepare(self, iters: int, lr: float, cpus: int) -> Settings:
+        """Base model, Stage-1 probe and both expansions, each built once and reused.
+
+        ``cpus`` is the share of one run; the shared inputs are built with every CPU.
+        """
         pipe = Pipeline(self.out, self.cache)
         base_hf = prepare_base(pipe, self.out)
         if not self.base.is_dir():
@@ -130,7 +134,7 @@ class Replication:
         self.params = {
             ckpt: stored_params(ckpt) for ckpt in (self.base, self.expanded, self.uniform)
         }
-        return Settings(iters, lr, base_hf.name, k, omp_threads())
+        return Settings(iters, lr, base_hf.name, k, omp_threads(1, cpus))
 
     def copied_layers(self, ckpt: Path) -> list[int]:
         meta = json.loads((ckpt / "adept_meta.json").read_text())
@@ -176,7 +180,7 @@ class Replication:
         run_dir = self.out / "runs" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        pipe = Pipeline(run_dir, log=run_dir / "log.txt")
+        pipe = Pipeline(run_dir, log=run_dir / "log.txt", cpus=int(settings.threads))
         start = time.monotonic()
         if method == "Vanilla":
             ckpt = self.base
@@ -444,7 +448,9 @@ def main() -> None:
         check_output(out)
         out.mkdir(parents=True, exist_ok=True)
         replication = Replication(out, args.cache and Path(args.cache).resolve())
-        settings = replication.prepare(args.iters, args.lr)
+        settings = replication.prepare(
+            args.iters, args.lr, max(1, (os.cpu_count() or 1) // args.jobs)
+        )
         methods = [m for m in METHODS if m in args.methods or m == "PT-Full"]
         tasks = [("Vanilla", None)] if "Vanilla" in methods else []
         tasks += [(m, seed) for seed in args.seeds for m in methods if m != "Vanilla"]
