@@ -382,9 +382,15 @@ def run_all(
 
 
 def describe(
-    replication: Replication, settings: Settings, seeds: list[int], jobs: int, computed: int
+    replication: Replication,
+    settings: Settings,
+    seeds: list[int],
+    jobs: int,
+    results: dict[str, list[dict]],
+    computed: int,
 ) -> list[str]:
     """The settings block of results.md."""
+    runs = [run for method_runs in results.values() for run in method_runs]
     selected = json.loads(replication.importance.read_text())["selected"]
     return [
         f"Seeds {seeds} (a seed sets the order of the training data); ± is the sample std "
@@ -407,10 +413,12 @@ def describe(
         "questions of 4 choices each, so one question is 0.005).",
         "Step time: the fastest decile of per-step wall times in the training log (the "
         "importance refresh is not part of a step), over the same seed's PT-Full. Peak RSS: "
-        "maximum resident set of the training process (wait4).",
+        "maximum resident set of the training process and its children, read by a small "
+        "launcher process.",
         f"One process per run, OMP_NUM_THREADS={settings.threads}, {jobs} run(s) at a time on "
-        f"{os.cpu_count()} CPUs; torch {importlib.metadata.version('torch')}; {computed} "
-        "run(s) computed by this invocation.",
+        f"{os.cpu_count()} CPUs; torch {importlib.metadata.version('torch')}. The {len(runs)} "
+        f"runs (training and evaluation) took {sum(r['seconds'] for r in runs):.0f} s in "
+        f"all; {computed} of them were computed by this invocation.",
     ]
 
 
@@ -459,7 +467,7 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     table = summarize(results)
-    lines = describe(replication, settings, args.seeds, args.jobs, computed)
+    lines = describe(replication, settings, args.seeds, args.jobs, results, computed)
     lines.append(f"Wall time of this invocation: {time.monotonic() - start:.0f} s.")
     command = shlex.join(["python", "benchmarks/mini_replication.py", *sys.argv[1:]])
     write_markdown(out / "results.md", table, lines, command)
