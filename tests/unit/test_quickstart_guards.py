@@ -1,6 +1,8 @@
 """The quickstart refuses outputs it cannot use before any work, and reuses its base model."""
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 from torchrun_harness import REPO, run_command
@@ -69,3 +71,17 @@ def test_stage_reports_its_own_peak_memory_and_failure(tmp_path):
     ):
         pipe.run("fails", [sys.executable, "-c", "print('why'); raise SystemExit(3)"])
     assert "=== fails ===\nwhy\n--- fails: " in log.read_text()
+
+
+def test_unwritable_output_directory_is_refused(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() == 0:  # permissions do not stop root: let os.access answer as for a user
+        real_access = os.access
+        monkeypatch.setattr(
+            quickstart.os, "access", lambda p, m: Path(p) != locked and real_access(p, m)
+        )
+    with pytest.raises(quickstart.QuickstartError, match=f"^output directory {locked} is not"):
+        quickstart.check_output(locked / "new" / "out")
+    assert list(locked.iterdir()) == []
