@@ -29,21 +29,16 @@ import tempfile
 from pathlib import Path
 
 from megatron_adept.models.presets import build_hf_model
+from megatron_adept.process_memory import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
-_WRAPPER = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-    "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
 
 
 def peak_rss_mib(*cmd: str) -> float:
-    """Peak RSS of one command run in a fresh child process, in MiB (Linux: KiB units)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, check=True
-    )
-    return int(out.stdout.strip()) / 1024
+    """Peak RSS of one command run in a fresh child process, in MiB."""
+    return run_with_peak_rss(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)[
+        1
+    ]
 
 
 def tool(name: str, *args: str) -> list[str]:

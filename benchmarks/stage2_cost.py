@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from megatron_adept.process_memory import run_with_peak_rss
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data"
 STEP = re.compile(
@@ -32,15 +34,8 @@ def run(cmd: list, **kwargs) -> str:
 
 def measured(cmd: list) -> tuple[str, float]:
     """(stdout+stderr, peak RSS in MiB) of one child process."""
-    wrapper = (
-        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, "
-        "text=True); sys.stdout.write(p.stdout + p.stderr); "
-        "print('PEAK_RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-        "sys.exit(p.returncode)"
-    )
-    out = run([sys.executable, "-c", wrapper, *cmd])
-    peak = float(re.search(r"PEAK_RSS (\d+)", out).group(1)) / 1024
-    return out, peak
+    done, peak = run_with_peak_rss(cmd, check=True, capture_output=True, text=True)
+    return done.stdout + done.stderr, peak
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from megatron_adept.process_memory import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data"
@@ -32,16 +32,6 @@ SEQ = 128
 BASE_ITERS = 150
 ADEPT_ITERS = 60
 MIN_FREE_BYTES = 2 * 2**30
-
-
-# Runs argv[2:] and writes its peak RSS (KiB, Linux) to argv[1]. Linux carries a process's
-# RSS high-water mark over fork and exec, so a child of a large driver (one that imported torch)
-# would report at least the driver's peak; a child of this small launcher reports its own.
-_MEASURED = (
-    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
-    "sys.exit(code if code >= 0 else 128 - code)"
-)
 
 
 class QuickstartError(Exception):
@@ -101,25 +91,18 @@ class Pipeline:
         with contextlib.ExitStack() as stack:
             sink = None if self.log is None else stack.enter_context(self.log.open("a"))
             print(f"\n=== {stage} ===", file=sink or sys.stdout, flush=True)
-            peak_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "peak"
-            code = subprocess.call(
-                [str(c) for c in (sys.executable, "-c", _MEASURED, peak_file, *cmd)],
-                env=env,
-                stdout=sink,
-                stderr=sink,
-            )
-            peak_kib = int(peak_file.read_text()) if peak_file.is_file() else 0
+            done, peak_mib = run_with_peak_rss(cmd, env=env, stdout=sink, stderr=sink)
             seconds = time.monotonic() - start
             print(
-                f"--- {stage}: {seconds:.0f} s, peak RSS {peak_kib / 1024:.0f} MiB",
+                f"--- {stage}: {seconds:.0f} s, peak RSS {peak_mib:.0f} MiB",
                 file=sink or sys.stdout,
                 flush=True,
             )
         self.times[stage] = self.times.get(stage, 0.0) + seconds
-        self.peak_rss_mib[stage] = max(self.peak_rss_mib.get(stage, 0.0), peak_kib / 1024)
-        if code != 0:
+        self.peak_rss_mib[stage] = max(self.peak_rss_mib.get(stage, 0.0), peak_mib)
+        if done.returncode != 0:
             where = "" if self.log is None else f"; see {self.log}"
-            raise QuickstartError(f"stage '{stage}' failed (exit code {code}){where}")
+            raise QuickstartError(f"stage '{stage}' failed (exit code {done.returncode}){where}")
 
     def base_cache_entry(self, tokenizer: Path) -> Path:
         """Where the base model is cached: keyed by recipe, general corpus and tokenizer."""

@@ -58,7 +58,8 @@ def test_cached_base_model_is_reused(tmp_path, monkeypatch):
 
 
 def test_stage_reports_its_own_peak_memory_and_failure(tmp_path):
-    """Peak RSS is the stage's own (not the largest child so far) and a failure names the log."""
+    """Peak RSS is the stage's own (neither the driver's nor an earlier stage's) and a failure
+    names the log."""
     log = tmp_path / "log.txt"
     pipe = quickstart.Pipeline(tmp_path, log=log)
     grab = "import sys; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096])"
