@@ -41,6 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megatron_adept.checkpoint.atomic import write_json_atomic
+from megatron_adept.checkpoint.metadata import CheckpointMeta
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from quickstart import (  # noqa: E402
     DATA,
@@ -136,10 +139,6 @@ class Replication:
         }
         return Settings(iters, lr, base_hf.name, k, omp_threads(1, cpus))
 
-    def copied_layers(self, ckpt: Path) -> list[int]:
-        meta = json.loads((ckpt / "adept_meta.json").read_text())
-        return [e["source"] for e in meta["layer_map"] if e["kind"] == "copy"]
-
     def method_args(self, method: str) -> tuple[Path, list]:
         """Starting checkpoint, and --mode and data flags, of a trained method."""
         domain = ["--data-path", self.data / "domain"]
@@ -213,8 +212,7 @@ class Replication:
         )
         path = self.result_file(method, seed)
         path.parent.mkdir(exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(path.with_suffix(".tmp"), path)
+        write_json_atomic(path, result)
         return result
 
 
@@ -392,6 +390,10 @@ def describe(
     """The settings block of results.md."""
     runs = [run for method_runs in results.values() for run in method_runs]
     selected = json.loads(replication.importance.read_text())["selected"]
+    copied = {
+        ckpt: CheckpointMeta.load(ckpt).layer_map.copied_sources
+        for ckpt in (replication.expanded, replication.uniform)
+    }
     return [
         f"Seeds {seeds} (a seed sets the order of the training data); ± is the sample std "
         "over seeds, Vanilla is one deterministic evaluation.",
@@ -402,9 +404,8 @@ def describe(
         f"AdamW, peak lr {settings.lr:g} for every method (warmup 3%, cosine to lr/10), "
         "weight decay 0.01, gradient clipping 1.0.",
         f"k = {settings.k} (the probe's suggestion): ADEPT and w/o Stage-2 copy layer(s) "
-        f"{replication.copied_layers(replication.expanded)}, LLaMA-Pro layer(s) "
-        f"{replication.copied_layers(replication.uniform)}; w/o Stage-1 trains original "
-        f"layer(s) {selected}; decoupled lrs are refreshed every "
+        f"{copied[replication.expanded]}, LLaMA-Pro layer(s) {copied[replication.uniform]}; "
+        f"w/o Stage-1 trains original layer(s) {selected}; decoupled lrs are refreshed every "
         f"{max(1, settings.iters // 2)} steps.",
         f"Replay blends {1 - REPLAY_GENERAL_SHARE:.0%} domain and {REPLAY_GENERAL_SHARE:.0%} "
         "general data.",

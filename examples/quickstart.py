@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.process_memory import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -373,11 +374,7 @@ def main() -> None:
     except QuickstartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    expanded = [
-        e["source"]
-        for e in json.loads((out / "expanded" / "adept_meta.json").read_text())["layer_map"]
-        if e["kind"] == "copy"
-    ]
+    expanded = CheckpointMeta.load(out / "expanded").layer_map.copied_sources
     summary = {
         **results,
         "expanded_layers": expanded,

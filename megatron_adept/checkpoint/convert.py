@@ -169,11 +169,14 @@ def convert_hf_to_mcore(
     else:
         _fill_from_hf(model, reader, source_arch, original_positions(layer_map))
         initialize_copies(model, layer_map)
-    copies_of = [layer_map.layers[i].source for i in layer_map.copy_indices]
     meta = CheckpointMeta(
         arch,
         layer_map,
-        source={"tool": "convert_hf", "hf_dir": str(hf_dir.resolve()), "copies_of": copies_of},
+        source={
+            "tool": "convert_hf",
+            "hf_dir": str(hf_dir.resolve()),
+            "copies_of": layer_map.copied_sources,
+        },
         tokenizer=TOKENIZER_DIR if any((hf_dir / f).is_file() for f in TOKENIZER_FILES) else None,
     )
     with checkpoint_output_dir(out, overwrite) as tmp:

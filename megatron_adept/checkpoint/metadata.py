@@ -53,6 +53,11 @@ class LayerMap:
         return [i for i, entry in enumerate(self.layers) if entry.kind == "copy"]
 
     @property
+    def copied_sources(self) -> list[int]:
+        """The original layer each copy was made from, in model order."""
+        return [self.layers[i].source for i in self.copy_indices]
+
+    @property
     def original_indices(self) -> list[int]:
         return [i for i, entry in enumerate(self.layers) if entry.kind == "original"]
 

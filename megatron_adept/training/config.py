@@ -110,7 +110,7 @@ class ExpectedModelConfig:
 
     def check(self, meta: CheckpointMeta, load: str) -> None:
         """Raise naming every field where the checkpoint differs from the flags."""
-        copies = [meta.layer_map.layers[i].source for i in meta.layer_map.copy_indices]
+        copies = meta.layer_map.copied_sources
         found = {
             "num_layers": meta.arch.num_layers,
             "hidden_size": meta.arch.hidden_size,
