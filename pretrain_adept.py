@@ -8,80 +8,48 @@ Launch with torchrun (one process per GPU, or per CPU rank with gloo)::
         --lr 3e-5 --lr-decay-style cosine --lr-warmup-fraction 0.03 --bf16 \\
         --use-distributed-optimizer --data-path 0.7 domain_text 0.3 general_text \\
         --mode adept --probe-data probe.jsonl
+
+--load is a converted or expanded checkpoint (a fresh start) or a training --save directory
+(a resume from its latest checkpoint). Every checkpoint holds the resolved configuration
+(run_config.json) and every step's loss, lr, grad norm and time (train_metrics.json).
 """
 
 from __future__ import annotations
 
-from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout
-from megatron_adept.config.cli import build_parser, extract, run_cli
-from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
-from megatron_adept.data.datasets import DataConfig
+from megatron_adept.checkpoint.resolve import open_checkpoint
+from megatron_adept.config.cli import Command, run_cli
 from megatron_adept.errors import DataError
-from megatron_adept.optimizer.build import OptimizerSettings
-from megatron_adept.parallel import runtime
-from megatron_adept.parallel.log import setup_logging
-from megatron_adept.training.checkpointing import check_resume, check_save_dir, resolve_load
-from megatron_adept.training.config import (
-    AdeptConfig,
-    CheckpointConfig,
-    ExpectedModelConfig,
-    FaultToleranceConfig,
-    LoggingConfig,
-    TrainingConfig,
-    validate_batch,
-)
-from megatron_adept.training.loop import RunConfig, Trainer
+from megatron_adept.parallel.layout import world_size_from_env
+from megatron_adept.training.config import RunConfig
+from megatron_adept.training.save_dir import check_resume, check_save_dir
 
-GROUPS = (
-    CheckpointConfig,
-    TrainingConfig,
-    OptimizerSettings,
-    PrecisionConfig,
-    ParallelConfig,
-    DataConfig,
-    AdeptConfig,
-    LoggingConfig,
-    FaultToleranceConfig,
-    ExpectedModelConfig,
-)
+COMMAND = Command(__doc__, RunConfig.groups())
 
 
-def parse() -> RunConfig:
-    args = build_parser(__doc__, *GROUPS).parse_args()
-    return RunConfig(
-        training=extract(args, TrainingConfig),
-        checkpoint=extract(args, CheckpointConfig),
-        logging=extract(args, LoggingConfig),
-        adept=extract(args, AdeptConfig),
-        optimizer=extract(args, OptimizerSettings),
-        data=extract(args, DataConfig),
-        parallel=extract(args, ParallelConfig),
-        precision=extract(args, PrecisionConfig),
-        faults=extract(args, FaultToleranceConfig),
-        expected=extract(args, ExpectedModelConfig),
-    )
-
-
-def validate(config: RunConfig) -> Trainer:
-    """Every check that needs no process group: checkpoint, layout, batch, mode, data, probe."""
+def validate(config: RunConfig) -> None:
+    """Every check that needs neither torch nor a process group: checkpoint, layout, batch,
+    resume and save directory, data."""
+    config.precision.refuse_fp16_gradients("training")
     ckpt = config.checkpoint
-    weights_dir, _ = resolve_load(ckpt.load)
-    meta = check_checkpoint_layout(weights_dir, config.parallel)
-    config.expected.check(meta, str(weights_dir))
+    checkpoint = open_checkpoint(ckpt.load, config.parallel)
+    config.expected.check(checkpoint.meta, str(checkpoint.path))
     check_resume(ckpt.load, ckpt.save, config.adept.mode)
     if ckpt.save is not None:
         check_save_dir(ckpt.save)
-    world = runtime.world_size_from_env()
-    validate_batch(config.training, world // config.parallel.model_parallel_size)
+    config.validate_batch(world_size_from_env() // config.parallel.model_parallel_size)
     if not config.data.data_path:
         raise DataError("--data-path is required")
-    return Trainer(config)
 
 
 def main() -> None:
+    config = RunConfig(*COMMAND.parse())
+    validate(config)
+    from megatron_adept.parallel import runtime
+    from megatron_adept.parallel.log import setup_logging
+    from megatron_adept.training.loop import Trainer
+
     setup_logging()
-    config = parse()
-    trainer = validate(config)
+    trainer = Trainer(config)
     runtime.initialize(config.parallel, config.training.seed)
     try:
         trainer.setup()

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from megatron_adept.models.presets import build_hf_model
-from megatron_adept.process_memory import run_with_peak_rss
+from megatron_adept.workflow.process_memory import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 

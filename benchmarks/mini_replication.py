@@ -31,7 +31,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -43,17 +42,16 @@ from pathlib import Path
 
 from megatron_adept.checkpoint.atomic import write_json_atomic
 from megatron_adept.checkpoint.metadata import CheckpointMeta
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from quickstart import (  # noqa: E402
-    DATA,
+from megatron_adept.checkpoint.resolve import resolve_load
+from megatron_adept.probe.scores import LayerScores
+from megatron_adept.training.metrics import METRICS_FILE
+from megatron_adept.workflow.demo import DATA, SEQ, evaluate, prepare_base
+from megatron_adept.workflow.stages import (
     REPO,
-    SEQ,
-    Pipeline,
-    QuickstartError,
+    Stages,
+    WorkflowError,
     check_output,
     omp_threads,
-    prepare_base,
     tool,
 )
 
@@ -61,7 +59,7 @@ METHODS = ("Vanilla", "PT-Full", "Replay", "LLaMA-Pro", "w/o Stage-1", "w/o Stag
 GLOBAL_BATCH = 16
 MICRO_BATCH = 8
 REPLAY_GENERAL_SHARE = 0.2
-STEP_LOG = re.compile(r"iteration \d+ \|.*\| tokens/s ([0-9.]+) \| trainable params ([0-9,]+)")
+MIN_FREE_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,8 @@ class Replication:
 
         ``cpus`` is the share of one run; the shared inputs are built with every CPU.
         """
-        pipe = Pipeline(self.out, self.cache)
-        base_hf = prepare_base(pipe, self.out)
+        pipe = Stages()
+        base_hf = prepare_base(pipe, self.out, self.cache or self.out / "cache")
         if not self.base.is_dir():
             pipe.run(
                 "convert base", tool("convert_hf.py") + ["--hf-dir", base_hf, "--out", self.base]
@@ -124,7 +122,7 @@ class Replication:
                 + ["--out", self.importance, "--plot", self.out / "importance.png"]
                 + ["--seq-length", SEQ],
             )
-        k = json.loads(self.importance.read_text())["suggested_k"]
+        k = LayerScores.read(self.importance).suggested_k
         for path, how in (
             (self.expanded, ["--importance", self.importance]),
             (self.uniform, ["--uniform"]),
@@ -167,7 +165,7 @@ class Replication:
             return None
         result = json.loads(path.read_text())
         if result.get("settings") != asdict(settings):
-            raise QuickstartError(
+            raise WorkflowError(
                 f"{path} was computed with {result.get('settings')}, not {asdict(settings)}; "
                 "use another --out"
             )
@@ -179,7 +177,7 @@ class Replication:
         run_dir = self.out / "runs" / name
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        pipe = Pipeline(run_dir, log=run_dir / "log.txt", cpus=int(settings.threads))
+        pipe = Stages(log=run_dir / "log.txt", cpus=int(settings.threads))
         start = time.monotonic()
         if method == "Vanilla":
             ckpt = self.base
@@ -196,17 +194,17 @@ class Replication:
                 + ["--importance-interval", max(1, settings.iters // 2), "--log-interval", 1]
                 + ["--split", "100,0,0", "--data-cache-path", run_dir / "index-cache"],
             )
-            steps = STEP_LOG.findall((run_dir / "log.txt").read_text())
-            step_seconds = [GLOBAL_BATCH * SEQ / float(rate) for rate, _ in steps]
+            ckpt, _ = resolve_load(save)
+            metrics = json.loads((ckpt / METRICS_FILE).read_text())
+            step_seconds = [step["seconds"] for step in metrics["steps"]]
             result = {
-                "trainable_pct": 100 * int(steps[-1][1].replace(",", "")) / self.params[load],
+                "trainable_pct": 100 * metrics["trainable_params"] / self.params[load],
                 # Every step does the same work; on a shared machine contention only adds
                 # time, so the fastest decile estimates the cost of a step.
                 "step_seconds": statistics.quantiles(step_seconds, n=10)[0],
                 "peak_rss_mib": pipe.peak_rss_mib["train"],
             }
-            ckpt = save / f"iter_{settings.iters:07d}"
-        result.update(pipe.evaluate({name: ckpt})[name])
+        result.update(evaluate(pipe, run_dir, {name: ckpt})[name])
         result.update(
             method=method, seed=seed, settings=asdict(settings), seconds=time.monotonic() - start
         )
@@ -389,7 +387,7 @@ def describe(
 ) -> list[str]:
     """The settings block of results.md."""
     runs = [run for method_runs in results.values() for run in method_runs]
-    selected = json.loads(replication.importance.read_text())["selected"]
+    selected = LayerScores.read(replication.importance).selected
     copied = {
         ckpt: CheckpointMeta.load(ckpt).layer_map.copied_sources
         for ckpt in (replication.expanded, replication.uniform)
@@ -454,7 +452,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     start = time.monotonic()
     try:
-        check_output(out)
+        check_output(out, MIN_FREE_BYTES)
         out.mkdir(parents=True, exist_ok=True)
         replication = Replication(out, args.cache and Path(args.cache).resolve())
         settings = replication.prepare(
@@ -464,7 +462,7 @@ def main() -> None:
         tasks = [("Vanilla", None)] if "Vanilla" in methods else []
         tasks += [(m, seed) for seed in args.seeds for m in methods if m != "Vanilla"]
         results, computed = run_all(replication, tasks, settings, args.jobs)
-    except QuickstartError as exc:
+    except WorkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     table = summarize(results)

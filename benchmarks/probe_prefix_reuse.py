@@ -18,7 +18,7 @@ import torch
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.builder import build_model
-from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.pipeline import MicroBatch
 from megatron_adept.models.presets import preset_config
 from megatron_adept.models.units import decoder_layers
 from megatron_adept.parallel import runtime

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from megatron_adept.process_memory import run_with_peak_rss
+from megatron_adept.workflow.process_memory import run_with_peak_rss
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data"

@@ -21,36 +21,38 @@ Prints accuracy per subject and overall, one column per checkpoint (--load, then
 per-choice mean NLLs, and pred), and the same for every --compare checkpoint under "compare".
 """
 
-import torch.distributed as dist
-
-from megatron_adept.checkpoint.atomic import write_json_atomic
-from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
-from megatron_adept.config.cli import build_parser, extract, run_cli
+from megatron_adept.checkpoint.resolve import open_checkpoint
+from megatron_adept.config.cli import Command, run_cli
+from megatron_adept.config.groups import TokenizerConfig
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
-from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
-from megatron_adept.eval.comparable import check_shared_vocabulary
-from megatron_adept.eval.multiple_choice import (
-    MultipleChoiceConfig,
-    comparison_table,
-    evaluate_multiple_choice,
-    load_items,
-    prepare_items,
-)
-from megatron_adept.parallel import runtime
-from megatron_adept.parallel.log import get_logger, setup_logging
+from megatron_adept.eval.config import MultipleChoiceConfig
 
-logger = get_logger("eval_mc")
+COMMAND = Command(__doc__, (MultipleChoiceConfig, TokenizerConfig, ParallelConfig, PrecisionConfig))
 
 
 def main() -> None:
-    args = build_parser(
-        __doc__, MultipleChoiceConfig, TokenizerConfig, ParallelConfig, PrecisionConfig
-    ).parse_args()
-    config = extract(args, MultipleChoiceConfig)
-    parallel, precision = extract(args, ParallelConfig), extract(args, PrecisionConfig)
-    metas = {ckpt: check_checkpoint_layout(ckpt, parallel) for ckpt in config.checkpoints}
+    config, tokenizer_config, parallel, precision = COMMAND.parse()
+    checkpoints = {ckpt: open_checkpoint(ckpt, parallel) for ckpt in config.checkpoints}
+    import torch.distributed as dist
+
+    from megatron_adept.checkpoint.atomic import write_json_atomic
+    from megatron_adept.checkpoint.mcore_io import load_model
+    from megatron_adept.data.tokenizer import resolve_tokenizer
+    from megatron_adept.eval.comparable import check_shared_vocabulary
+    from megatron_adept.eval.multiple_choice import (
+        comparison_table,
+        evaluate_multiple_choice,
+        load_items,
+        prepare_items,
+    )
+    from megatron_adept.parallel import runtime
+    from megatron_adept.parallel.collectives import barrier
+    from megatron_adept.parallel.log import get_logger, setup_logging
+
+    logger = get_logger("eval_mc")
+    metas = {ckpt: checkpoint.meta for ckpt, checkpoint in checkpoints.items()}
     items = load_items(config.data)
-    tokenizer = resolve_tokenizer(extract(args, TokenizerConfig).tokenizer, config.load)
+    tokenizer = resolve_tokenizer(tokenizer_config.tokenizer, checkpoints[config.load].path)
     check_shared_vocabulary(metas, tokenizer)
     max_positions = min(meta.arch.max_position_embeddings for meta in metas.values())
     prepared = prepare_items(
@@ -66,8 +68,8 @@ def main() -> None:
     runtime.initialize(parallel)
     try:
         evaluations = {}
-        for ckpt in config.checkpoints:
-            model, _ = load_model(ckpt, parallel, precision.params_dtype)
+        for ckpt, checkpoint in checkpoints.items():
+            model, _ = load_model(checkpoint.path, parallel, precision.params_dtype)
             evaluations[ckpt] = evaluate_multiple_choice(model, prepared)
             del model
         if dist.get_rank() == 0:
@@ -86,7 +88,7 @@ def main() -> None:
                     ]
                 write_json_atomic(config.out, result)
                 logger.info("wrote %s", config.out)
-        dist.barrier()
+        barrier()
     finally:
         runtime.teardown()
 

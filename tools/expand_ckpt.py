@@ -6,44 +6,39 @@
 Each selected layer (0-based) gets a copy inserted right after it; the copy's attention output
 projection and MLP down projection are zero and everything else is an exact copy, so the
 expanded model computes exactly what the original did. The layer map in adept_meta.json
-records which layers are copies. --uniform is LLaMA-Pro's placement: copies of layers
-L/k-1, 2L/k-1, ..., L-1. Runs in one process, on CPU; holds one copy of the expanded model.
+records which layers are copies. --uniform is LLaMA-Pro's placement of k copies spread over
+the depth. --load may be a training --save directory (its latest checkpoint). Runs in one
+process, in host memory on the CPU whatever the node; holds one copy of the expanded model.
 """
-# ruff: noqa: E402
-
-import os
-
-# A whole model at TP=1 rarely fits one GPU: expansion runs in host memory on any node.
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 from dataclasses import dataclass
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.config.cli import arg, build_parser, extract, run_cli
-from megatron_adept.expansion.expand import expand_checkpoint
-from megatron_adept.expansion.plan import ExpandSelection
-from megatron_adept.parallel import runtime
-from megatron_adept.parallel.log import setup_logging
+from megatron_adept.checkpoint.resolve import resolve_load
+from megatron_adept.config.cli import Command, run_cli
+from megatron_adept.config.groups import OutputConfig, load_flag
+from megatron_adept.expansion.plan import ExpansionSelection
 
 
 @dataclass
-class ExpandIO:
-    """Input and output checkpoints."""
+class ExpandInput:
+    """The checkpoint to expand."""
 
-    load: str = arg(help="Checkpoint to expand (converted or trained, not yet expanded).")
-    out: str = arg(help="Output checkpoint directory.")
-    overwrite: bool = arg(False, "Replace a non-empty output directory.")
+    load: str = load_flag()
+
+
+COMMAND = Command(__doc__, (ExpandInput, OutputConfig, ExpansionSelection))
 
 
 def main() -> None:
-    args = build_parser(__doc__, ExpandIO, ExpandSelection).parse_args()
+    source, output, selection = COMMAND.parse()
+    load, _ = resolve_load(source.load)
+    plan = selection.plan(CheckpointMeta.load(load).arch.num_layers)
+    from megatron_adept.expansion.expand import expand_checkpoint
+    from megatron_adept.parallel.log import setup_logging
+
     setup_logging()
-    io, selection = extract(args, ExpandIO), extract(args, ExpandSelection)
-    plan = selection.plan(CheckpointMeta.load(io.load).arch.num_layers)
-    try:
-        expand_checkpoint(io.load, io.out, plan, io.overwrite)
-    finally:
-        runtime.teardown()
+    expand_checkpoint(load, output.out, plan, output.overwrite)
 
 
 if __name__ == "__main__":

@@ -8,26 +8,32 @@ from scratch, so that the rest of the pipeline starts from an HF directory like 
 
 from dataclasses import dataclass
 
-from megatron_adept.checkpoint.atomic import atomic_output_dir
-from megatron_adept.config.cli import arg, build_parser, extract, run_cli
-from megatron_adept.data.tokenizer import load_tokenizer
-from megatron_adept.models.presets import PRESETS, build_hf_model
+from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
+from megatron_adept.config.cli import REQUIRED, Command, arg, run_cli
+from megatron_adept.config.groups import OutputConfig, TokenizerConfig, seed_flag
+from megatron_adept.models.presets import PRESETS
 
 
 @dataclass
 class InitModelConfig:
-    """Preset, tokenizer and output directory."""
+    """Which architecture, initialised how."""
 
-    out: str = arg(help="Output Hugging Face directory.")
-    tokenizer: str = arg(help="Tokenizer (sentencepiece file or directory) to ship with the model.")
     preset: str = arg("demo-llama", "Architecture preset.", choices=tuple(PRESETS))
-    seed: int = arg(0, "Initialisation seed.")
-    overwrite: bool = arg(False, "Replace a non-empty output directory.")
+    seed: int = seed_flag(0)
+
+
+COMMAND = Command(
+    __doc__, (InitModelConfig, TokenizerConfig, OutputConfig), defaults={"tokenizer": REQUIRED}
+)
 
 
 def main() -> None:
-    config = extract(build_parser(__doc__, InitModelConfig).parse_args(), InitModelConfig)
-    tokenizer = load_tokenizer(config.tokenizer)
+    config, tokenizer_config, output = COMMAND.parse()
+    check_output_dir(output.out, output.overwrite)
+    from megatron_adept.data.tokenizer import load_tokenizer
+    from megatron_adept.models.presets import build_hf_model
+
+    tokenizer = load_tokenizer(tokenizer_config.tokenizer)
     model = build_hf_model(
         config.preset,
         seed=config.seed,
@@ -35,10 +41,10 @@ def main() -> None:
         bos_token_id=getattr(tokenizer, "bos_id", None),
         eos_token_id=tokenizer.eos_id,
     )
-    with atomic_output_dir(config.out, config.overwrite) as out:
+    with atomic_output_dir(output.out, output.overwrite) as out:
         model.save_pretrained(out)
         tokenizer.save(out)
-    print(f"wrote {config.out}: {config.preset}, vocab {tokenizer.vocab_size}")
+    print(f"wrote {output.out}: {config.preset}, vocab {tokenizer.vocab_size}")
 
 
 if __name__ == "__main__":

@@ -11,22 +11,24 @@ longer than the window are stored as windows of at most `window` tokens starting
 `stride` tokens (overlap window - stride), each ending with EOS.
 """
 
-from megatron_adept.config.cli import build_parser, extract, run_cli
-from megatron_adept.data.preprocess import PreprocessConfig, preprocess
-from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
-from megatron_adept.parallel.log import get_logger, setup_logging
+from megatron_adept.config.cli import REQUIRED, Command, run_cli
+from megatron_adept.config.groups import TokenizerConfig
+from megatron_adept.data.config import PreprocessConfig
 
-logger = get_logger("preprocess_data")
+COMMAND = Command(__doc__, (PreprocessConfig, TokenizerConfig), defaults={"tokenizer": REQUIRED})
 
 
 def main() -> None:
-    args = build_parser(__doc__, PreprocessConfig, TokenizerConfig).parse_args()
-    config = extract(args, PreprocessConfig)
-    tokenizer = resolve_tokenizer(extract(args, TokenizerConfig).tokenizer, None)
+    config, tokenizer_config = COMMAND.parse()
+    from megatron_adept.data.preprocess import preprocess
+    from megatron_adept.data.tokenizer import load_tokenizer
+    from megatron_adept.parallel.log import get_logger, setup_logging
+
+    tokenizer = load_tokenizer(tokenizer_config.tokenizer)
     setup_logging()
     summary = preprocess(config, tokenizer)
     rate = summary.tokens / max(summary.seconds, 1e-9)
-    logger.info(
+    get_logger("preprocess_data").info(
         "wrote %s.bin/.idx: %d documents, %d tokens, %d windows in %.1fs (%.0f tokens/s)",
         config.output_prefix,
         summary.documents,

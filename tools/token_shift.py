@@ -14,39 +14,43 @@ The models may differ in depth (e.g. an expanded model against its base) but not
 vocabulary.
 """
 
-import torch.distributed as dist
-
-from megatron_adept.checkpoint.atomic import write_json_atomic
-from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout
-from megatron_adept.config.cli import build_parser, extract, run_cli
+from megatron_adept.checkpoint.resolve import open_checkpoint
+from megatron_adept.config.cli import Command, run_cli
+from megatron_adept.config.groups import BatchConfig, TokenizerConfig
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
-from megatron_adept.data.corpus import corpus_batches, load_corpus
-from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
-from megatron_adept.eval.comparable import check_shared_vocabulary
-from megatron_adept.eval.token_shift import TokenShiftConfig, plot_token_shift, token_shift
-from megatron_adept.parallel import runtime
-from megatron_adept.parallel.log import get_logger, setup_logging
+from megatron_adept.eval.config import TokenShiftConfig
 
-logger = get_logger("token_shift")
+COMMAND = Command(
+    __doc__,
+    (TokenShiftConfig, BatchConfig, TokenizerConfig, ParallelConfig, PrecisionConfig),
+    defaults={"seq_length": 512, "micro_batch_size": 4},
+)
 
 
 def main() -> None:
-    args = build_parser(
-        __doc__, TokenShiftConfig, TokenizerConfig, ParallelConfig, PrecisionConfig
-    ).parse_args()
-    config = extract(args, TokenShiftConfig)
-    parallel, precision = extract(args, ParallelConfig), extract(args, PrecisionConfig)
-    metas = {
-        ckpt: check_checkpoint_layout(ckpt, parallel) for ckpt in (config.base, config.adapted)
-    }
-    tokenizer = resolve_tokenizer(extract(args, TokenizerConfig).tokenizer, config.base)
-    check_shared_vocabulary(metas, tokenizer)
+    config, batch, tokenizer_config, parallel, precision = COMMAND.parse()
+    base = open_checkpoint(config.base, parallel)
+    adapted = open_checkpoint(config.adapted, parallel)
+    import torch.distributed as dist
+
+    from megatron_adept.checkpoint.atomic import write_json_atomic
+    from megatron_adept.data.corpus import corpus_batches, load_corpus
+    from megatron_adept.data.tokenizer import resolve_tokenizer
+    from megatron_adept.eval.comparable import check_shared_vocabulary
+    from megatron_adept.eval.token_shift import plot_token_shift, token_shift
+    from megatron_adept.parallel import runtime
+    from megatron_adept.parallel.collectives import barrier
+    from megatron_adept.parallel.log import get_logger, setup_logging
+
+    logger = get_logger("token_shift")
+    tokenizer = resolve_tokenizer(tokenizer_config.tokenizer, base.path)
+    check_shared_vocabulary({config.base: base.meta, config.adapted: adapted.meta}, tokenizer)
     items = load_corpus(config.data, tokenizer)
-    batches = corpus_batches(items, config.seq_length, config.micro_batch_size)
+    batches = corpus_batches(items, batch.seq_length, batch.micro_batch_size)
     setup_logging()
     runtime.initialize(parallel)
     try:
-        shift = token_shift(config.base, config.adapted, parallel, batches, precision.params_dtype)
+        shift = token_shift(base.path, adapted.path, parallel, batches, precision.params_dtype)
         summary = shift.summary(config.top, tokenizer.decode)
         if dist.get_rank() == 0:
             percent = summary["percent"]
@@ -70,7 +74,7 @@ def main() -> None:
             if config.plot:
                 plot_token_shift(summary, config.plot, f"{config.adapted} vs {config.base}")
                 logger.info("wrote %s", config.plot)
-        dist.barrier()
+        barrier()
     finally:
         runtime.teardown()
 

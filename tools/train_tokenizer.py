@@ -8,14 +8,17 @@ file itself). Byte fallback makes every text round-trip exactly, and the same in
 gives the same file.
 """
 
-from megatron_adept.config.cli import build_parser, extract, run_cli
-from megatron_adept.data.tokenizer import SENTENCEPIECE_FILE
-from megatron_adept.data.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+from megatron_adept.config.cli import Command, run_cli
+from megatron_adept.data.tokenizer_training import TokenizerTrainingConfig
+
+COMMAND = Command(__doc__, (TokenizerTrainingConfig,))
 
 
 def main() -> None:
-    parser = build_parser(__doc__, TokenizerTrainingConfig)
-    config = extract(parser.parse_args(), TokenizerTrainingConfig)
+    (config,) = COMMAND.parse()
+    from megatron_adept.data.tokenizer import SENTENCEPIECE_FILE
+    from megatron_adept.data.tokenizer_training import train_tokenizer
+
     vocab_size = train_tokenizer(config)
     print(f"wrote {config.output}/{SENTENCEPIECE_FILE} ({vocab_size} pieces)")
 

@@ -16,34 +16,23 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing import ShardedTensor
-from megatron.core.dist_checkpointing.core import CheckpointingException
-from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
-from megatron.core.dist_checkpointing.validation import StrictHandling
 
 from megatron_adept.checkpoint import hf_mapping
 from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
-from megatron_adept.checkpoint.hf_io import (
-    GENERATION_FILES,
-    TOKENIZER_FILES,
-    SafetensorsReader,
-    SafetensorsWriter,
-    TensorSpec,
-    copy_files,
-)
+from megatron_adept.checkpoint.hf_io import SafetensorsReader, SafetensorsWriter, TensorSpec
 from megatron_adept.checkpoint.layer_copies import initialize_copies, original_positions
-from megatron_adept.checkpoint.manifest import checkpoint_output_dir, verify_manifest
-from megatron_adept.checkpoint.mcore_io import model_sharded_state_dict
+from megatron_adept.checkpoint.mcore_io import (
+    CheckpointTensors,
+    model_sharded_state_dict,
+    write_checkpoint,
+)
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta, LayerMap
-from megatron_adept.config.cli import arg
+from megatron_adept.checkpoint.resolve import resolve_load
+from megatron_adept.checkpoint.side_files import copy_files
 from megatron_adept.config.parallel import ParallelConfig, dtype_from_name
 from megatron_adept.errors import AdeptError, CheckpointError
 from megatron_adept.models.archs import ModelArch
@@ -53,9 +42,6 @@ from megatron_adept.parallel.log import get_logger
 
 LAYER_MAP_FILE = "adept_layer_map.json"
 """Written into exported HF directories so that converting them back keeps the layer map."""
-SIDE_FILES = TOKENIZER_FILES + GENERATION_FILES
-"""Non-weight files carried from an HF directory through the checkpoint to the export."""
-_LAYER_KEY = re.compile(r"decoder\.layers\.(\d+)\.")
 
 logger = get_logger(__name__)
 
@@ -100,8 +86,7 @@ def _target_layer_map(hf_dir: Path, arch: ModelArch, expansion: LayerMap | None)
     source_map = _read_layer_map(hf_dir, arch)
     if expansion is None:
         return source_map
-    if source_map.copy_indices:
-        raise AdeptError(f"{hf_dir} is already expanded; expand its original checkpoint instead")
+    source_map.require_unexpanded(hf_dir)
     if expansion.num_original != arch.num_layers:
         raise AdeptError(
             f"the expansion is for {expansion.num_original} original layers, "
@@ -161,14 +146,6 @@ def convert_hf_to_mcore(
     arch = dataclasses.replace(
         source_arch.with_layers(len(layer_map)), dtype=_dtype_name(params_dtype)
     )
-    runtime.initialize_single_process()
-    model = build_model(arch, ParallelConfig(), params_dtype, init_weights=False)
-    if expansion is None:
-        # every HF layer (copies of an exported expansion included) keeps its position
-        _fill_from_hf(model, reader, source_arch, {i: i for i in range(source_arch.num_layers)})
-    else:
-        _fill_from_hf(model, reader, source_arch, original_positions(layer_map))
-        initialize_copies(model, layer_map)
     meta = CheckpointMeta(
         arch,
         layer_map,
@@ -177,13 +154,17 @@ def convert_hf_to_mcore(
             "hf_dir": str(hf_dir.resolve()),
             "copies_of": layer_map.copied_sources,
         },
-        tokenizer=TOKENIZER_DIR if any((hf_dir / f).is_file() for f in TOKENIZER_FILES) else None,
     )
-    with checkpoint_output_dir(out, overwrite) as tmp:
-        save_whole_model(model, tmp, meta)
-        copy_files(hf_dir, tmp / TOKENIZER_DIR, SIDE_FILES)
-    logger.info("wrote %s (%d layers, %s)", out, arch.num_layers, arch.dtype)
-    return meta
+    with runtime.single_process():
+        model = build_model(arch, ParallelConfig(), params_dtype, init_weights=False, on_cpu=True)
+        if expansion is None:
+            # every HF layer (copies of an exported expansion included) keeps its position
+            positions = {i: i for i in range(source_arch.num_layers)}
+            _fill_from_hf(model, reader, source_arch, positions)
+        else:
+            _fill_from_hf(model, reader, source_arch, original_positions(layer_map))
+            initialize_copies(model, layer_map)
+        return write_checkpoint(model, out, meta, hf_dir, overwrite)
 
 
 @torch.no_grad()
@@ -211,89 +192,7 @@ def _fill_from_hf(
         progress.step(tensor)
 
 
-def _whole_sharded_state_dict(model: torch.nn.Module) -> dict[str, ShardedTensor]:
-    """A whole (TP=1, PP=1) model's sharded state dict, every entry backed by its parameter.
-
-    megatron's save clones every tensor that is a view, and its ``linear_fc1`` factory splits
-    the fused ``[gate; up]`` weight into two views (merged into a new tensor again on load):
-    for a whole model that would add about half the model's size at the peak. A whole
-    model's factory data is the full tensor, so it is described as one ``ShardedTensor`` under
-    the same key instead; any TP reads the same global tensor either way.
-    """
-    return {
-        name: ShardedTensor.from_rank_offsets(value.key, value.data, replica_id=value.replica_id)
-        if isinstance(value, ShardedTensorFactory)
-        else value
-        for name, value in model_sharded_state_dict(model).items()
-    }
-
-
-def save_whole_model(model: torch.nn.Module, ckpt_dir: Path, meta: CheckpointMeta) -> None:
-    """Save a whole model from a single process without copying any tensor."""
-    dist_checkpointing.save(_whole_sharded_state_dict(model), str(ckpt_dir))
-    meta.save(ckpt_dir)
-
-
-def load_whole_model(
-    model: torch.nn.Module, ckpt: str | Path, layer_sources: dict[int, int]
-) -> None:
-    """Read ``ckpt`` in place into a whole model, layer ``j`` from layer ``layer_sources[j]``.
-
-    Layers missing from ``layer_sources`` are left as they are (the copies of an expansion,
-    filled afterwards). Tensors are read straight into the parameters: no second copy.
-    """
-    verify_manifest(ckpt)
-    request = {}
-    for name, sharded in _whole_sharded_state_dict(model).items():
-        match = _LAYER_KEY.match(sharded.key)
-        if match is not None:
-            layer = int(match.group(1))
-            if layer not in layer_sources:
-                continue
-            sharded.key = f"decoder.layers.{layer_sources[layer]}.{sharded.key[match.end() :]}"
-        request[name] = sharded
-    try:
-        dist_checkpointing.load(request, str(ckpt), strict=StrictHandling.RAISE_UNEXPECTED)
-    except (CheckpointingException, OSError, RuntimeError) as exc:
-        raise _unreadable(ckpt, exc) from None
-
-
-def _unreadable(ckpt: str | Path, exc: Exception) -> CheckpointError:
-    """megatron's reason on one line, as tools print errors."""
-    return CheckpointError(f"cannot read checkpoint {str(ckpt)!r}: {' '.join(str(exc).split())}")
-
-
-class _CheckpointTensors:
-    """Whole tensors of a ``dist_checkpointing`` checkpoint, read a few at a time.
-
-    Shapes and dtypes come from the checkpoint's metadata, readable before any process group
-    exists; :meth:`read` needs the (single-process) group.
-    """
-
-    def __init__(self, ckpt: Path) -> None:
-        self.ckpt = str(ckpt)
-        verify_manifest(ckpt)
-        try:
-            self.stored = dist_checkpointing.load_tensors_metadata(self.ckpt)
-        except (CheckpointingException, OSError, RuntimeError) as exc:
-            raise _unreadable(ckpt, exc) from None
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        if key not in self.stored:
-            raise CheckpointError(f"checkpoint {self.ckpt!r} lacks tensor {key}")
-        return tuple(self.stored[key].global_shape)
-
-    def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        request = {
-            key: ShardedTensor.from_rank_offsets(
-                key, torch.empty(self.shape(key), dtype=self.stored[key].dtype), replica_id=0
-            )
-            for key in keys
-        }
-        return dist_checkpointing.load(request, self.ckpt)
-
-
-def _hf_specs(arch: ModelArch, stored: _CheckpointTensors, dtype: torch.dtype) -> list[TensorSpec]:
+def _hf_specs(arch: ModelArch, stored: CheckpointTensors, dtype: torch.dtype) -> list[TensorSpec]:
     """The HF tensors an export writes, checked against the stored megatron shapes."""
     expected = hf_mapping.expected_hf_shapes(arch)
     for row, layer in hf_mapping.streaming_order(arch):
@@ -321,23 +220,24 @@ def convert_mcore_to_hf(
     """Export a checkpoint as an HF directory that ``AutoModelForCausalLM`` loads as is.
 
     Args:
-        ckpt: a checkpoint written by this project (converted, expanded or trained).
+        ckpt: a checkpoint written by this project (converted, expanded or trained), or a
+            training save directory (its latest checkpoint).
         out: output directory, created atomically.
         dtype: ``fp32``/``bf16``/``fp16``; defaults to the checkpoint's dtype.
         overwrite: replace an existing non-empty ``out``.
         max_shard_bytes: largest safetensors shard.
     """
-    ckpt = Path(ckpt)
+    ckpt, _ = resolve_load(ckpt)
     meta = CheckpointMeta.load(ckpt)
     check_output_dir(out, overwrite)
     out_dtype = dtype_from_name(dtype or meta.arch.dtype)
     arch = dataclasses.replace(meta.arch, dtype=_dtype_name(out_dtype))
-    stored = _CheckpointTensors(ckpt)
+    stored = CheckpointTensors(ckpt)
     specs = _hf_specs(arch, stored, out_dtype)
-    runtime.initialize_single_process()
     order = hf_mapping.streaming_order(arch)
     progress = Progress(len(order), "megatron -> HF")
     with (
+        runtime.single_process(),
         atomic_output_dir(out, overwrite) as tmp,
         SafetensorsWriter(tmp, specs, max_shard_bytes) as writer,
     ):
@@ -356,41 +256,6 @@ def convert_mcore_to_hf(
         side_files = meta.tokenizer_path(ckpt) or ckpt / TOKENIZER_DIR
         if meta.tokenizer is not None and not side_files.is_dir():
             logger.warning("tokenizer directory %s is missing; exporting without it", side_files)
-        copy_files(side_files, tmp, SIDE_FILES)
+        copy_files(side_files, tmp)
     logger.info("wrote %s (%d layers, %s)", out, arch.num_layers, arch.dtype)
     return Path(out)
-
-
-@dataclass
-class ConvertConfig:
-    """What to convert, and where to."""
-
-    out: str = arg(help="Output directory: a checkpoint, or an HF directory with --to-hf.")
-    hf_dir: str | None = arg(None, "Hugging Face model directory (config.json + safetensors).")
-    to_hf: bool = arg(
-        False, "Export the megatron checkpoint given by --load to Hugging Face format."
-    )
-    load: str | None = arg(None, "Megatron checkpoint to export (with --to-hf).")
-    dtype: str | None = arg(
-        None,
-        "Parameter dtype of the output (default: the input's).",
-        choices=("fp32", "bf16", "fp16"),
-    )
-    overwrite: bool = arg(False, "Replace a non-empty output directory.")
-    max_shard_size_gb: float = arg(5.0, "Largest safetensors shard written by --to-hf, in GiB.")
-
-    def __post_init__(self) -> None:
-        if self.to_hf and (self.load is None or self.hf_dir is not None):
-            raise AdeptError("--to-hf needs --load CKPT (and no --hf-dir)")
-        if not self.to_hf and (self.hf_dir is None or self.load is not None):
-            raise AdeptError(
-                "give --hf-dir DIR to convert from Hugging Face, or --to-hf --load CKPT"
-            )
-        if not 0 < self.max_shard_size_gb < math.inf:  # also refuses nan
-            raise AdeptError(
-                f"--max-shard-size-gb={self.max_shard_size_gb} must be a positive finite number"
-            )
-
-    @property
-    def max_shard_bytes(self) -> int:
-        return int(self.max_shard_size_gb * 2**30)

@@ -11,9 +11,7 @@ header length, a JSON header with ``dtype``/``shape``/``data_offsets`` per tenso
 from __future__ import annotations
 
 import json
-import shutil
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,19 +22,6 @@ from megatron_adept.errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
-"""Files that make up a Hugging Face or sentencepiece tokenizer."""
-GENERATION_FILES = ("generation_config.json",)
-"""Files beside the weights that are not the tokenizer but travel with it to the export."""
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)
 """Buffers some exports include that carry no weights."""
 
@@ -248,19 +233,3 @@ class SafetensorsWriter:
         total = sum(spec.nbytes for group in self.groups for spec in group)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def copy_files(src: Path, dst: Path, names: Iterable[str]) -> list[str]:
-    """Copy those of ``names`` that ``src`` holds into ``dst``; returns the names copied."""
-    copied = []
-    for name in names:
-        if (Path(src) / name).is_file():
-            Path(dst).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(src) / name, Path(dst) / name)
-            copied.append(name)
-    return copied
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    """Copy whatever tokenizer files ``src`` holds into ``dst``; returns their names."""
-    return copy_files(src, dst, TOKENIZER_FILES)

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch.distributed as dist
-
 from megatron_adept.checkpoint.atomic import atomic_output_dir, write_json_atomic
 from megatron_adept.errors import CheckpointError
 
@@ -41,19 +39,21 @@ def _files(directory: Path) -> list[str]:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
+    import torch.distributed as dist
+
+    if dist is not None and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _gather(local: list) -> list:
     """Concatenate every rank's list (no-op without a process group)."""
-    rank, world = _rank_and_world()
+    _, world = _rank_and_world()
     if world == 1:
         return local
-    parts: list[list] = [None] * world
-    dist.all_gather_object(parts, local)
-    return [item for part in parts for item in part]
+    from megatron_adept.parallel.collectives import all_gather_objects
+
+    return [item for part in all_gather_objects(local) for item in part]
 
 
 def write_manifest(directory: str | Path) -> None:

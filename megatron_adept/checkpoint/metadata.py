@@ -61,6 +61,13 @@ class LayerMap:
     def original_indices(self) -> list[int]:
         return [i for i, entry in enumerate(self.layers) if entry.kind == "original"]
 
+    def require_unexpanded(self, where: str | Path) -> None:
+        """Refuse to expand a model twice: copies of copies have no original to pair with."""
+        if self.copy_indices:
+            raise CheckpointError(
+                f"{where} is already expanded; expand its original checkpoint instead"
+            )
+
     def to_list(self) -> list[dict[str, Any]]:
         return [asdict(entry) for entry in self.layers]
 

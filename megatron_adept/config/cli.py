@@ -3,23 +3,33 @@
 Every flag of every tool comes from a dataclass field declared with :func:`arg`: the flag is
 the kebab-case field name, the help text and default come from the field, and the parsed
 values are returned as the dataclass (whose ``__post_init__`` validates them). Tools therefore
-never declare a shared flag by hand, and one flag means the same thing everywhere.
+never declare a shared flag by hand, and one flag means the same thing everywhere. A tool
+that wants another default for a shared flag (a probe reads shorter micro-batches than
+training) passes it to its :class:`Command`; the flag's meaning and help stay the same.
+
+This module imports nothing heavy: a tool answers ``--help`` and rejects bad flags before
+torch or megatron-core are imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from megatron_adept.errors import AdeptError
+from megatron_adept.errors import AdeptError, ConfigError
 
 T = TypeVar("T")
+
+REQUIRED: Any = dataclasses.MISSING
+"""A per-tool default that makes an otherwise optional flag required for that tool."""
 
 
 def arg(
@@ -43,7 +53,13 @@ def arg(
         default_factory: for mutable defaults.
         hidden: leave the flag out of ``--help`` (test hooks such as fault injection).
     """
-    metadata = {"help": help, "flag": flag, "choices": choices, "nargs": nargs, "hidden": hidden}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "choices": choices,
+        "nargs": nargs,
+        "hidden": hidden,
+    }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -64,20 +80,36 @@ def flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def add_dataclass_group(parser: argparse.ArgumentParser, cls: type, title: str = "") -> None:
-    """Add one argparse group holding a flag per field of ``cls``."""
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are flags (declared with :func:`arg`)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def add_dataclass_group(
+    parser: argparse.ArgumentParser, cls: type, defaults: Mapping[str, Any] | None = None
+) -> None:
+    """Add one argparse group holding a flag per field of ``cls``.
+
+    Args:
+        parser: the parser to extend.
+        cls: the config dataclass.
+        defaults: field name -> this tool's default (:data:`REQUIRED` makes it required).
+    """
+    defaults = defaults or {}
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(title or cls.__name__, (cls.__doc__ or "").split("\n")[0])
-    for field in dataclasses.fields(cls):
-        if "help" not in field.metadata:
-            continue
+    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").split("\n")[0])
+    for field in flag_fields(cls):
         kind, is_list = _base_type(hints[field.name])
-        required = (
-            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        )
-        default = None if required else field.default
-        if field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
+        default = defaults.get(field.name, _field_default(field))
+        required = default is dataclasses.MISSING
+        if required:
+            default = None
         kwargs: dict[str, Any] = {
             "dest": f"{cls.__name__}.{field.name}",
             "help": field.metadata["help"],
@@ -107,12 +139,19 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser(description: str, *groups: type) -> argparse.ArgumentParser:
+def build_parser(
+    description: str, *groups: type, defaults: Mapping[str, Any] | None = None
+) -> argparse.ArgumentParser:
+    """A parser with one group per config dataclass; ``defaults`` are the tool's own."""
+    known = {f.name for cls in groups for f in flag_fields(cls)}
+    unknown = sorted(set(defaults or {}) - known)
+    if unknown:
+        raise TypeError(f"defaults for fields that no group declares: {unknown}")
     parser = _OneLineErrorParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for cls in groups:
-        add_dataclass_group(parser, cls)
+        add_dataclass_group(parser, cls, defaults)
     return parser
 
 
@@ -124,6 +163,42 @@ def extract(namespace: argparse.Namespace, cls: type[T]) -> T:
         if hasattr(namespace, f"{cls.__name__}.{f.name}")
     }
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One tool's command line: its description, flag groups and per-tool defaults."""
+
+    description: str
+    groups: tuple[type, ...]
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Field name -> this tool's default (:data:`REQUIRED` makes the flag required)."""
+
+    def parser(self) -> argparse.ArgumentParser:
+        return build_parser(self.description, *self.groups, defaults=self.defaults)
+
+    def parse(self, argv: list[str] | None = None) -> tuple[Any, ...]:
+        """Parse ``argv`` (default: ``sys.argv``) into one validated dataclass per group."""
+        namespace = self.parser().parse_args(argv)
+        return tuple(extract(namespace, cls) for cls in self.groups)
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """Refuse non-positive values of ``config``'s fields, naming the flag (None is unset).
+
+    Integers must be at least 1; floats positive and finite (which also refuses NaN).
+    """
+    by_name = {f.name: f for f in dataclasses.fields(config)}
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        flag = flag_name(by_name[name])
+        if isinstance(value, int):
+            if value < 1:
+                raise ConfigError(f"{flag}={value} must be at least 1")
+        elif not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag}={value} must be a positive finite number")
 
 
 def run_cli(main: Callable[[], Any]) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from megatron_adept.config.cli import arg
+from megatron_adept.config.cli import arg, require_positive
 from megatron_adept.errors import ConfigError
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Short dtype spellings of the flags -> torch dtype names."""
 
 
 @dataclass
@@ -32,13 +35,13 @@ class ParallelConfig:
     distributed_timeout_minutes: int = arg(10, "Timeout of collective operations, in minutes.")
 
     def __post_init__(self) -> None:
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
-        for name in ("decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}={value} must be >= 1")
+        require_positive(
+            self,
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "decoder_first_pipeline_num_layers",
+            "decoder_last_pipeline_num_layers",
+        )
 
     @property
     def model_parallel_size(self) -> int:
@@ -56,20 +59,29 @@ class PrecisionConfig:
         if self.bf16 and self.fp16:
             raise ConfigError("--bf16 and --fp16 are mutually exclusive")
 
+    def refuse_fp16_gradients(self, what: str) -> None:
+        """Refuse ``--fp16`` where gradients are taken.
+
+        fp16 gradients underflow without loss scaling, and none is wired into training or
+        unit importance, so an fp16 run would look healthy while barely learning. bf16 has
+        fp32's exponent range and needs none.
+        """
+        if self.fp16:
+            raise ConfigError(
+                f"--fp16 is not supported for {what} (its gradients would need loss scaling); "
+                "use --bf16"
+            )
+
     @property
     def params_dtype(self) -> torch.dtype:
-        if self.bf16:
-            return torch.bfloat16
-        if self.fp16:
-            return torch.float16
-        return torch.float32
+        return dtype_from_name("bf16" if self.bf16 else "fp16" if self.fp16 else "fp32")
 
 
 def dtype_from_name(name: str) -> torch.dtype:
     """``fp32``/``bf16``/``fp16`` or a torch dtype name such as ``bfloat16``."""
-    if name in _DTYPES:
-        return _DTYPES[name]
-    value = getattr(torch, name, None)
+    import torch
+
+    value = getattr(torch, DTYPE_NAMES.get(name, name), None)
     if not isinstance(value, torch.dtype):
-        raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}")
+        raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
     return value

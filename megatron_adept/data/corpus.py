@@ -24,7 +24,7 @@ import torch
 from megatron_adept.data.jsonl import read_jsonl, require_str
 from megatron_adept.data.tokenizer import Tokenizer
 from megatron_adept.errors import DataError
-from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.pipeline import MicroBatch
 
 
 @dataclass(frozen=True)

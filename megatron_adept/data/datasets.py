@@ -9,7 +9,6 @@ general data into the domain data this way), and the sample order is a function 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,64 +18,9 @@ from megatron.core.datasets.blended_megatron_dataset_builder import (
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from torch.utils.data import Dataset
 
-from megatron_adept.config.cli import arg
+from megatron_adept.data.config import DataConfig, parse_blend
 from megatron_adept.errors import ConfigError, DataError
-from megatron_adept.models.forward import MicroBatch
-
-
-@dataclass
-class DataConfig:
-    """Where the training data is and how it is split."""
-
-    data_path: list[str] = arg(
-        help="An indexed-dataset prefix (PREFIX.bin/PREFIX.idx), or a blend "
-        "'W1 PREFIX1 W2 PREFIX2 ...' sampling each prefix in proportion to its weight.",
-        default_factory=list,
-    )
-    split: str = arg("98,2,0", "Train,valid,test proportions of every dataset's documents.")
-    data_cache_path: str | None = arg(
-        None, "Directory for megatron's sample-index cache (default: PREFIX1's directory)."
-    )
-
-    def __post_init__(self) -> None:
-        parse_blend(self.data_path)
-        parse_split(self.split)
-
-
-def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
-    """Megatron's ``--data-path`` syntax -> (prefixes, weights or None); checks the files.
-
-    One value is a single prefix; otherwise the values alternate weight and prefix.
-    """
-    if len(data_path) <= 1:
-        prefixes, weights = list(data_path), None
-    else:
-        if len(data_path) % 2:
-            raise DataError(f"--data-path blend needs weight/prefix pairs, got {data_path}")
-        try:
-            weights = [float(w) for w in data_path[0::2]]
-        except ValueError:
-            raise DataError(f"--data-path blend weights must be numbers, got {data_path}") from None
-        if min(weights) <= 0:
-            raise DataError(f"--data-path blend weights must be positive, got {weights}")
-        prefixes = list(data_path[1::2])
-    for prefix in prefixes:
-        for suffix in (".bin", ".idx"):
-            if not Path(prefix + suffix).is_file():
-                hint = " (give the prefix, without .bin/.idx)" if prefix.endswith(suffix) else ""
-                raise DataError(f"--data-path {prefix!r}: {prefix + suffix} not found{hint}")
-    return prefixes, weights
-
-
-def parse_split(split: str) -> list[float]:
-    """``"98,2,0"`` -> ``[98.0, 2.0, 0.0]``; missing trailing parts are 0, as in megatron."""
-    try:
-        parts = [float(p) for p in split.split(",")]
-    except ValueError:
-        raise DataError(f"--split={split!r} must be comma-separated numbers") from None
-    if len(parts) > 3 or min(parts) < 0 or sum(parts) <= 0:
-        raise DataError(f"--split={split!r} needs up to three non-negative proportions")
-    return parts + [0.0] * (3 - len(parts))
+from megatron_adept.models.pipeline import MicroBatch
 
 
 class _EodTokenizer:

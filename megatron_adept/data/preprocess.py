@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-from megatron_adept.config.cli import arg
-from megatron_adept.data.jsonl import check_input_file, parse_line, read_lines, require_str
+from megatron_adept.data.config import PreprocessConfig
+from megatron_adept.data.jsonl import parse_line, read_lines, require_str
 from megatron_adept.data.tokenizer import Tokenizer
-from megatron_adept.data.windows import check_window, window_spans
+from megatron_adept.data.windows import window_spans
 from megatron_adept.errors import DataError
 from megatron_adept.parallel.log import get_logger
 
@@ -37,48 +37,6 @@ logger = get_logger(__name__)
 PROGRESS_SECONDS = 5.0
 CHUNK_LINES = 32
 """Lines per task sent to a worker: large enough to amortise inter-process traffic."""
-
-
-@dataclass
-class PreprocessConfig:
-    """Input, output and document format of tools/preprocess_data.py."""
-
-    input: str = arg(help="Input JSONL file (optionally .gz), one document per line.")
-    output_prefix: str = arg(help="Output prefix: writes PREFIX.bin and PREFIX.idx.")
-    workers: int = arg(1, "Tokenizer worker processes.")
-    json_keys: list[str] = arg(
-        help="Keys holding the text of PT documents (several are joined by a blank line).",
-        default_factory=lambda: ["text"],
-    )
-    format: str = arg("pt", "Document format.", choices=("pt", "sft"))
-    prompt_key: str = arg("prompt", "SFT: key of the question.")
-    reasoning_key: str | None = arg(
-        None, "SFT: key of the optional reasoning (chain of thought); items without it are fine."
-    )
-    response_key: str = arg("response", "SFT: key of the answer.")
-    window: int | None = arg(None, "Split documents longer than this many tokens into windows.")
-    stride: int | None = arg(None, "Start a new window every this many tokens (< --window).")
-    overwrite: bool = arg(False, "Replace existing PREFIX.bin/PREFIX.idx.")
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise DataError(f"--workers={self.workers} must be >= 1")
-        if (self.window is None) != (self.stride is None):
-            raise DataError("--window and --stride go together")
-        if self.window is not None:
-            check_window(self.window, self.stride)
-        check_input_file(self.input)
-        parent = Path(self.output_prefix).parent
-        if not parent.is_dir():
-            raise DataError(f"directory of --output-prefix {str(parent)!r} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise DataError(f"directory of --output-prefix {str(parent)!r} is not writable")
-        existing = [p for p in self.output_paths() if Path(p).exists()]
-        if existing and not self.overwrite:
-            raise DataError(f"{existing[0]} exists (pass --overwrite to replace it)")
-
-    def output_paths(self) -> tuple[str, str]:
-        return f"{self.output_prefix}.bin", f"{self.output_prefix}.idx"
 
 
 @dataclass

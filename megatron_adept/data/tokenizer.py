@@ -8,28 +8,15 @@ applies that rule through :func:`resolve_tokenizer`.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from megatron_adept.checkpoint.hf_io import copy_tokenizer_files
 from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.config.cli import arg
+from megatron_adept.checkpoint.side_files import copy_tokenizer_files
 from megatron_adept.errors import DataError
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-@dataclass
-class TokenizerConfig:
-    """Which tokenizer turns raw text into token ids."""
-
-    tokenizer: str | None = arg(
-        None,
-        "A sentencepiece .model file, or a directory holding a Hugging Face tokenizer or a "
-        "tokenizer.model. Tools that read a checkpoint default to the tokenizer stored in it.",
-    )
 
 
 class Tokenizer(Protocol):

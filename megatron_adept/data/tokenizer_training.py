@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
-from megatron_adept.config.cli import arg
+from megatron_adept.config.cli import arg, require_positive
+from megatron_adept.config.groups import overwrite_flag
+from megatron_adept.data.config import INPUT_HELP, json_keys_flag
 from megatron_adept.data.jsonl import read_jsonl, require_str
 from megatron_adept.data.tokenizer import SENTENCEPIECE_FILE
 from megatron_adept.errors import DataError
@@ -27,16 +29,15 @@ paragraphs of real documents)."""
 class TokenizerTrainingConfig:
     """Corpus and model of the sentencepiece training."""
 
-    input: list[str] = arg(help="JSONL files (optionally .gz) to train on.")
+    input: list[str] = arg(help=INPUT_HELP)
     output: str = arg(help="Output directory; receives tokenizer.model.")
-    json_keys: list[str] = arg(help="Keys holding text.", default_factory=lambda: ["text"])
+    json_keys: list[str] = json_keys_flag()
     vocab_size: int = arg(2048, "Vocabulary size (an upper bound if the corpus is small).")
     model_type: str = arg("bpe", "Sentencepiece model type.", choices=("bpe", "unigram"))
-    overwrite: bool = arg(False, "Replace a non-empty output directory.")
+    overwrite: bool = overwrite_flag()
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 1:
-            raise DataError(f"--vocab-size={self.vocab_size} must be positive")
+        require_positive(self, "vocab_size")
         check_output_dir(self.output, self.overwrite)
 
 

@@ -37,16 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_adept.checkpoint.atomic import check_output_file
-from megatron_adept.config.cli import arg
 from megatron_adept.data.corpus import CorpusItem, corpus_batches
 from megatron_adept.data.jsonl import read_jsonl, require_str
 from megatron_adept.data.tokenizer import Tokenizer
-from megatron_adept.errors import AdeptError, DataError
-from megatron_adept.models.forward import MicroBatch, run_microbatches
+from megatron_adept.errors import DataError
+from megatron_adept.models.pipeline import (
+    MicroBatch,
+    data_parallel_share,
+    forward_results,
+    masked_loss_sum,
+)
+from megatron_adept.parallel.collectives import all_gather_objects
 from megatron_adept.parallel.log import get_logger
 
 logger = get_logger(__name__)
@@ -57,43 +60,6 @@ regular progress logs. All micro-batches of a run are padded to the run's larges
 
 NO_SUBJECT = "(none)"
 """Subject name reported for items without a ``"subject"``."""
-
-
-@dataclass
-class MultipleChoiceConfig:
-    """What tools/eval_mc.py evaluates and where it writes."""
-
-    load: str = arg(help="Checkpoint to evaluate.")
-    data: str = arg(
-        help='Multiple-choice JSONL: {"question", "choices": [...], "answer": index} per line, '
-        'optionally "subject".'
-    )
-    shots: int = arg(
-        5,
-        "Few-shot exemplars per prompt: the first SHOTS items of each subject (file order) are "
-        "its exemplars and are not scored.",
-    )
-    out: str | None = arg(None, "Write the results as JSON to this file.")
-    compare: list[str] | None = arg(
-        None, "More checkpoints to evaluate on the same items, printed side by side."
-    )
-    questions_per_batch: int = arg(
-        8, "Questions per forward pass; all choices of a question share the pass."
-    )
-
-    def __post_init__(self) -> None:
-        if self.shots < 0:
-            raise AdeptError(f"--shots={self.shots} must be >= 0")
-        if self.questions_per_batch < 1:
-            raise AdeptError(f"--questions-per-batch={self.questions_per_batch} must be >= 1")
-        if len(set(self.checkpoints)) != len(self.checkpoints):
-            raise AdeptError("--compare names a checkpoint twice (or --load again)")
-        if self.out is not None:
-            check_output_file(self.out, "--out")
-
-    @property
-    def checkpoints(self) -> list[str]:
-        return [self.load, *(self.compare or [])]
 
 
 @dataclass(frozen=True)
@@ -255,11 +221,10 @@ def padded_micro_batches(batches: list[QuestionBatch]) -> list[MicroBatch]:
     return [corpus_batches(list(batch.rows), seq_length, rows)[0] for batch in batches]
 
 
-def _mean_row_nll(batch: MicroBatch, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output function: the mean NLL ``[b]`` over the counted targets of every row."""
-    mask = batch.loss_mask.to(loss.device).double()
-    mean = (loss.double() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    return loss.sum() * 0, mean.cpu()
+def _mean_row_nll(batch: MicroBatch, loss: torch.Tensor) -> torch.Tensor:
+    """The mean NLL ``[b]`` over the counted targets of every row."""
+    total, count = masked_loss_sum(loss, batch, dim=1, dtype=torch.float64)
+    return (total / count.clamp(min=1)).cpu()
 
 
 @dataclass
@@ -320,9 +285,7 @@ def _accuracy(items: list[Item], predictions: list[int]) -> float:
 def evaluate_multiple_choice(model: torch.nn.Module, prepared: PreparedItems) -> Evaluation:
     """Score every choice of every prepared item; collective, the result is on every rank."""
     model.eval()
-    dp_rank = parallel_state.get_data_parallel_rank()
-    dp_size = parallel_state.get_data_parallel_world_size()
-    mine = prepared.batches[dp_rank::dp_size]
+    mine = data_parallel_share(prepared.batches)
     keeps_results = (
         parallel_state.is_pipeline_last_stage()
         and parallel_state.get_tensor_model_parallel_rank() == 0
@@ -332,7 +295,7 @@ def evaluate_multiple_choice(model: torch.nn.Module, prepared: PreparedItems) ->
     done, start = 0, time.monotonic()
     for first in range(0, len(mine), MICRO_BATCHES_PER_RUN):
         run = mine[first : first + MICRO_BATCHES_PER_RUN]
-        means = run_microbatches(model, padded_micro_batches(run), _mean_row_nll, True)
+        means = forward_results(model, padded_micro_batches(run), _mean_row_nll)
         if keeps_results:
             for batch, row_means in zip(run, means, strict=True):
                 scores.update(batch.split(row_means.tolist()))
@@ -343,9 +306,7 @@ def evaluate_multiple_choice(model: torch.nn.Module, prepared: PreparedItems) ->
             total,
             done / max(time.monotonic() - start, 1e-9),
         )
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, scores)
-    merged = {q: nll for part in gathered for q, nll in part.items()}
+    merged = {q: nll for part in all_gather_objects(scores) for q, nll in part.items()}
     return Evaluation(prepared.items, [merged[q] for q in range(len(prepared.items))])
 
 

@@ -24,16 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_adept.checkpoint.atomic import check_output_file
 from megatron_adept.checkpoint.mcore_io import load_model
-from megatron_adept.config.cli import arg
 from megatron_adept.config.parallel import ParallelConfig
-from megatron_adept.errors import AdeptError, DataError
+from megatron_adept.errors import DataError
 from megatron_adept.eval.vocab_parallel import greedy_tokens, token_ranks
-from megatron_adept.models.forward import MicroBatch, run_microbatches
+from megatron_adept.models.pipeline import MicroBatch, data_parallel_share, forward_results
+from megatron_adept.parallel.collectives import all_gather_objects
 from megatron_adept.parallel.log import get_logger
 
 logger = get_logger(__name__)
@@ -41,30 +39,6 @@ logger = get_logger(__name__)
 CLASSES = ("unshifted", "marginal", "shifted")
 MARGINAL_MAX_RANK = 3
 """Ranks 2..3 are marginal, higher ranks shifted."""
-
-
-@dataclass
-class TokenShiftConfig:
-    """What tools/token_shift.py compares and where it writes."""
-
-    base: str = arg(help="Checkpoint of the base model.")
-    adapted: str = arg(help="Checkpoint of the adapted model (e.g. after ADEPT Stage 2).")
-    data: str = arg(help="JSONL texts: {'text'} or {'prompt', 'answer'} items.")
-    out: str | None = arg(None, "Write the shares and top shifted tokens as JSON to this file.")
-    plot: str | None = arg(None, "Write a PNG bar chart of the shares and top shifted tokens.")
-    top: int = arg(20, "Number of shifted tokens to list.")
-    seq_length: int = arg(512, "Tokens per sequence (longer items are truncated).")
-    micro_batch_size: int = arg(4, "Sequences per forward pass.")
-
-    def __post_init__(self) -> None:
-        if self.seq_length < 2 or self.micro_batch_size < 1 or self.top < 0:
-            raise AdeptError(
-                f"--seq-length={self.seq_length} must be >= 2, --micro-batch-size="
-                f"{self.micro_batch_size} >= 1 and --top={self.top} >= 0"
-            )
-        for flag, path in (("--out", self.out), ("--plot", self.plot)):
-            if path is not None:
-                check_output_file(path, flag)
 
 
 def shift_class(rank: int) -> str:
@@ -138,13 +112,7 @@ def _run(
     model, _ = load_model(ckpt, parallel, params_dtype)
     model.eval()
     with torch.no_grad():
-        results = run_microbatches(
-            model,
-            batches,
-            lambda batch, logits: (logits.sum() * 0, per_position(batch, logits)),
-            forward_only=True,
-            with_labels=False,
-        )
+        results = forward_results(model, batches, per_position, with_labels=False)
     del model
     gc.collect()
     return results
@@ -161,8 +129,7 @@ def token_shift(
 
     Data-parallel ranks take every dp-th micro-batch.
     """
-    dp_rank = parallel_state.get_data_parallel_rank()
-    mine = batches[dp_rank :: parallel_state.get_data_parallel_world_size()]
+    mine = data_parallel_share(batches)
     logger.info("adapted model %s: greedy tokens of %d micro-batches", adapted, len(mine))
     greedy = _run(adapted, parallel, mine, params_dtype, lambda _, logits: greedy_tokens(logits))
     if greedy:
@@ -183,8 +150,7 @@ def token_shift(
             counted = batch.loss_mask.bool()
             local[0].append(batch.labels[counted])
             local[1].append(rank.cpu()[counted])
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
+    gathered = all_gather_objects(local)
     tokens = torch.cat([t for part in gathered for t in part[0]])
     if not len(tokens):
         raise DataError("no position to compare: every item is shorter than two tokens")

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_adept.parallel.collectives import all_reduce_
+
 
 def _shard_start(logits: torch.Tensor) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
@@ -20,7 +22,7 @@ def _shard_start(logits: torch.Tensor) -> int:
 
 def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        dist.all_reduce(tensor, op=op, group=parallel_state.get_tensor_model_parallel_group())
+        all_reduce_(tensor, op=op, group=parallel_state.get_tensor_model_parallel_group())
     return tensor
 
 

@@ -18,19 +18,15 @@ from pathlib import Path
 from megatron.core import dist_checkpointing
 
 from megatron_adept.checkpoint.atomic import check_output_dir
-from megatron_adept.checkpoint.convert import SIDE_FILES, load_whole_model, save_whole_model
-from megatron_adept.checkpoint.hf_io import copy_files
 from megatron_adept.checkpoint.layer_copies import initialize_copies, original_positions
-from megatron_adept.checkpoint.manifest import checkpoint_output_dir
+from megatron_adept.checkpoint.mcore_io import load_model_weights, write_checkpoint
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta
+from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.config.parallel import ParallelConfig, dtype_from_name
 from megatron_adept.errors import AdeptError, CheckpointError
 from megatron_adept.expansion.plan import ExpansionPlan
 from megatron_adept.models.builder import build_model
 from megatron_adept.parallel import runtime
-from megatron_adept.parallel.log import get_logger
-
-logger = get_logger(__name__)
 
 
 def expand_checkpoint(
@@ -39,15 +35,15 @@ def expand_checkpoint(
     """Write ``out``: the checkpoint ``load`` with the layers of ``plan`` duplicated.
 
     Args:
-        load: a converted or trained checkpoint that has not been expanded yet.
+        load: a converted or trained checkpoint that has not been expanded yet (a training
+            save directory stands for its latest checkpoint).
         out: output checkpoint directory, created atomically.
         plan: the original layers to duplicate.
         overwrite: replace an existing non-empty ``out``.
     """
-    load = Path(load)
+    load, _ = resolve_load(load)
     meta = CheckpointMeta.load(load)
-    if meta.layer_map.copy_indices:
-        raise AdeptError(f"{load} is already expanded; expand its original checkpoint instead")
+    meta.layer_map.require_unexpanded(load)
     if plan.num_layers != meta.arch.num_layers:
         raise AdeptError(
             f"the plan is for {plan.num_layers} layers, {load} has {meta.arch.num_layers}"
@@ -57,12 +53,6 @@ def expand_checkpoint(
     check_output_dir(out, overwrite)
     layer_map = plan.layer_map()
     arch = meta.arch.with_layers(len(layer_map))
-    runtime.initialize_single_process()
-    model = build_model(arch, ParallelConfig(), dtype_from_name(arch.dtype), init_weights=False)
-    positions = original_positions(layer_map)
-    load_whole_model(model, load, layer_sources={new: old for old, new in positions.items()})
-    initialize_copies(model, layer_map)
-    side_files = meta.tokenizer_path(load) or load / TOKENIZER_DIR
     new_meta = CheckpointMeta(
         arch,
         layer_map,
@@ -73,10 +63,12 @@ def expand_checkpoint(
             "copies_of": list(plan.selected),
             "parent": meta.source,
         },
-        tokenizer=TOKENIZER_DIR if meta.tokenizer is not None and side_files.is_dir() else None,
     )
-    with checkpoint_output_dir(out, overwrite) as tmp:
-        save_whole_model(model, tmp, new_meta)
-        copy_files(side_files, tmp / TOKENIZER_DIR, SIDE_FILES)
-    logger.info("wrote %s: copies of layers %s", out, list(plan.selected))
-    return new_meta
+    with runtime.single_process():
+        dtype = dtype_from_name(arch.dtype)
+        model = build_model(arch, ParallelConfig(), dtype, init_weights=False, on_cpu=True)
+        positions = original_positions(layer_map)
+        load_model_weights(model, load, {new: old for old, new in positions.items()})
+        initialize_copies(model, layer_map)
+        side_files = meta.tokenizer_path(load) or load / TOKENIZER_DIR
+        return write_checkpoint(model, out, new_meta, side_files, overwrite)

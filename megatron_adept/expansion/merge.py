@@ -15,60 +15,23 @@ the result and the input being read.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from megatron_adept.checkpoint.atomic import check_output_dir
-from megatron_adept.checkpoint.convert import SIDE_FILES, save_whole_model
-from megatron_adept.checkpoint.hf_io import copy_files
 from megatron_adept.checkpoint.layer_copies import original_positions
-from megatron_adept.checkpoint.manifest import checkpoint_output_dir
-from megatron_adept.checkpoint.mcore_io import load_model_weights
+from megatron_adept.checkpoint.mcore_io import load_model_weights, write_checkpoint
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta, LayerMap
-from megatron_adept.config.cli import arg
+from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.config.parallel import ParallelConfig, dtype_from_name
-from megatron_adept.errors import AdeptError, CheckpointError
+from megatron_adept.errors import CheckpointError
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.builder import build_model
 from megatron_adept.parallel import runtime
 from megatron_adept.parallel.log import get_logger
 
 logger = get_logger(__name__)
-
-
-@dataclass
-class MergeConfig:
-    """What tools/merge_expansions.py merges and where it writes."""
-
-    base: str = arg(help="The checkpoint the inputs were expanded from (supplies the originals).")
-    inputs: list[str] = arg(help="Expanded checkpoints to merge (same base, same layer map).")
-    out: str = arg(help="Output checkpoint directory.")
-    weights: list[float] | None = arg(
-        None, "Weight of each input's copy layers, normalised to sum to 1 (default: equal)."
-    )
-    overwrite: bool = arg(False, "Replace a non-empty output directory.")
-
-    def __post_init__(self) -> None:
-        if len(self.inputs) < 2:
-            raise AdeptError(f"--inputs needs at least two checkpoints, got {len(self.inputs)}")
-        if len(set(self.inputs)) != len(self.inputs):
-            raise AdeptError("--inputs names a checkpoint twice")
-        if self.weights is None:
-            self.weights = [1.0] * len(self.inputs)
-        if len(self.weights) != len(self.inputs):
-            raise AdeptError(
-                f"--weights has {len(self.weights)} value(s) for {len(self.inputs)} --inputs"
-            )
-        finite = all(math.isfinite(w) for w in self.weights)
-        if not finite or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise AdeptError(f"--weights {self.weights} must be finite, >= 0, with a positive sum")
-
-    @property
-    def normalised_weights(self) -> list[float]:
-        return [w / sum(self.weights) for w in self.weights]
 
 
 def _arch_difference(a: ModelArch, b: ModelArch) -> str:
@@ -140,19 +103,47 @@ def merge_expansions(
     overwrite: bool = False,
 ) -> CheckpointMeta:
     """Write the merged checkpoint to ``out`` (atomically); ``weights`` must sum to 1."""
-    base = Path(base)
+    base, _ = resolve_load(base)
+    inputs = [str(resolve_load(path)[0]) for path in inputs]
     base_meta = CheckpointMeta.load(base)
     metas = {path: CheckpointMeta.load(path) for path in inputs}
     layer_map = check_mergeable(base_meta, metas)
     check_output_dir(out, overwrite)
     arch = metas[inputs[0]].arch
+    meta = CheckpointMeta(
+        arch,
+        layer_map,
+        source={
+            "tool": "merge_expansions",
+            "base": str(base.resolve()),
+            "inputs": [str(Path(path).resolve()) for path in inputs],
+            "weights": weights,
+            "parents": [metas[path].source for path in inputs],
+        },
+    )
+    with runtime.single_process():
+        merged = _merged_model(base, base_meta, inputs, weights, layer_map, arch)
+        side_files = base_meta.tokenizer_path(base) or base / TOKENIZER_DIR
+        meta = write_checkpoint(merged, out, meta, side_files, overwrite)
+    logger.info("merged copy layers %s", layer_map.copy_indices)
+    return meta
+
+
+def _merged_model(
+    base: Path,
+    base_meta: CheckpointMeta,
+    inputs: list[str],
+    weights: list[float],
+    layer_map: LayerMap,
+    arch: ModelArch,
+) -> torch.nn.Module:
+    """A whole model with the base's originals and the weighted mean of the inputs' copies."""
     dtype = dtype_from_name(arch.dtype)
-    runtime.initialize_single_process()
-    merged = build_model(arch, ParallelConfig(), dtype, init_weights=False)
+    merged = build_model(arch, ParallelConfig(), dtype, init_weights=False, on_cpu=True)
     in_base = original_positions(base_meta.layer_map)
     sources = {i: in_base[e.source] for i, e in enumerate(layer_map.layers) if e.kind == "original"}
     load_model_weights(merged, base, layer_sources=sources)
-    reader = build_model(arch, ParallelConfig(), dtype, init_weights=False)
+    reader = build_model(arch, ParallelConfig(), dtype, init_weights=False, on_cpu=True)
     merged_copies, merged_originals = _copy_layer_params(merged, layer_map)
     read_copies, read_originals = _copy_layer_params(reader, layer_map)
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in merged_copies.items()}
@@ -170,22 +161,4 @@ def merge_expansions(
     del reader, read_copies, read_originals
     for name, param in merged_copies.items():
         param.copy_(sums[name])
-    side_files = base_meta.tokenizer_path(base) or base / TOKENIZER_DIR
-    has_tokenizer = base_meta.tokenizer is not None and side_files.is_dir()
-    meta = CheckpointMeta(
-        arch,
-        layer_map,
-        source={
-            "tool": "merge_expansions",
-            "base": str(base.resolve()),
-            "inputs": [str(Path(path).resolve()) for path in inputs],
-            "weights": weights,
-            "parents": [metas[path].source for path in inputs],
-        },
-        tokenizer=TOKENIZER_DIR if has_tokenizer else None,
-    )
-    with checkpoint_output_dir(out, overwrite) as tmp:
-        save_whole_model(merged, tmp, meta)
-        copy_files(side_files, tmp / TOKENIZER_DIR, SIDE_FILES)
-    logger.info("wrote %s: copy layers %s merged", out, layer_map.copy_indices)
-    return meta
+    return merged

@@ -8,14 +8,14 @@ layers come from an explicit list, from a Stage-1 ``importance.json`` (the ``k``
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_adept.checkpoint.metadata import LayerEntry, LayerMap
 from megatron_adept.config.cli import arg
+from megatron_adept.config.groups import importance_flag, k_flag
 from megatron_adept.errors import AdeptError
+from megatron_adept.probe.scores import LayerScores
 from megatron_adept.probe.selection import least_important
 
 
@@ -60,24 +60,9 @@ def from_layer_list(text: str, num_layers: int) -> ExpansionPlan:
     return ExpansionPlan(tuple(sorted(layers)), num_layers, f"layers {text}")
 
 
-def read_layer_scores(path: str | Path) -> list[float]:
-    """``layer_scores`` of an ``importance.json`` written by ``tools/probe_importance.py``."""
-    try:
-        scores = json.loads(Path(path).read_text())["layer_scores"]
-    except FileNotFoundError:
-        raise AdeptError(f"importance file {str(path)!r} does not exist") from None
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AdeptError(f"{path}: not an importance.json ({type(exc).__name__}: {exc})") from None
-    if not isinstance(scores, list) or not all(
-        isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores
-    ):
-        raise AdeptError(f"{path}: layer_scores must be a list of finite numbers")
-    return scores
-
-
 def from_importance(path: str | Path, k: int, num_layers: int) -> ExpansionPlan:
     """The ``k`` least important layers of a Stage-1 ``importance.json``."""
-    scores = read_layer_scores(path)
+    scores = LayerScores.read(path).layer_scores
     if len(scores) != num_layers:
         raise AdeptError(
             f"{path} scores {len(scores)} layers but the model has {num_layers}: "
@@ -97,87 +82,59 @@ def uniform(k: int, num_layers: int, flag: str = "--k") -> ExpansionPlan:
     return ExpansionPlan(tuple(step * (j + 1) - 1 for j in range(k)), num_layers, f"uniform k={k}")
 
 
-def _only_mode(given: dict[str, bool]) -> str | None:
-    """The one selection flag that was given, None if none; more than one is an error."""
-    chosen = [flag for flag, present in given.items() if present]
-    if len(chosen) > 1:
-        raise AdeptError(
-            f"give exactly one layer selection ({', '.join(given)}), got {' and '.join(chosen)}"
-        )
-    return chosen[0] if chosen else None
-
-
 @dataclass
-class ImportanceSelection:
-    """Selection from a Stage-1 probe: shared by every tool that expands."""
+class ExpansionSelection:
+    """Which original layers to duplicate: an explicit list, Stage 1's least important k, or
+    LLaMA-Pro's uniform placement (at most one; expand_ckpt.py needs one).
 
-    importance: str | None = arg(
-        None, "Duplicate the --k least important layers of this importance.json (Stage-1 probe)."
-    )
-    k: int | None = arg(
-        None, "Number of layers to duplicate (with --importance, or --uniform of expand_ckpt.py)."
-    )
+    ``--expand-layers`` and ``--uniform-expand K`` are the older spellings of ``--layers`` and
+    ``--uniform --k K``; errors name the flag as it was given.
+    """
 
+    layers: str | None = arg(None, "Comma-separated 0-based original layer indices, e.g. 22,23.")
+    expand_layers: str | None = arg(None, "The same as --layers.")
+    importance: str | None = importance_flag()
+    k: int | None = k_flag()
+    uniform: bool = arg(False, "LLaMA-Pro's placement of --k copies, spread over the depth.")
+    uniform_expand: int | None = arg(None, "The same as --uniform --k K.")
 
-@dataclass
-class ExpandSelection(ImportanceSelection):
-    """Which layers expand_ckpt.py duplicates: exactly one of the three modes."""
+    def __post_init__(self) -> None:
+        given = self._given()
+        if len(given) > 1:
+            raise AdeptError(
+                "give exactly one layer selection (--layers, --importance, --uniform), got "
+                + " and ".join(given)
+            )
+        if self.k is not None and self.mode in (None, "--layers", "--expand-layers"):
+            with_layers = "" if self.mode is None else f", not with {self.mode}"
+            raise AdeptError(f"--k goes with --importance or --uniform{with_layers}")
+        if self.mode in ("--importance", "--uniform") and self.k is None:
+            raise AdeptError(f"{self.mode} needs --k")
 
-    layers: str | None = arg(
-        None, "Comma-separated 0-based original layer indices, e.g. 22,23,25,27."
-    )
-    uniform: bool = arg(False, "LLaMA-Pro placement: copies of layers L/k-1, 2L/k-1, ..., L-1.")
-
-    def plan(self, num_layers: int) -> ExpansionPlan:
-        mode = _only_mode(
-            {
-                "--layers": self.layers is not None,
-                "--importance": self.importance is not None,
-                "--uniform": self.uniform,
-            }
-        )
-        if mode is None:
-            raise AdeptError("give one of --layers, --importance with --k, or --uniform with --k")
-        if mode == "--layers":
-            if self.k is not None:
-                raise AdeptError("--k goes with --importance or --uniform, not with --layers")
-            return from_layer_list(self.layers, num_layers)
-        if self.k is None:
-            raise AdeptError(f"{mode} needs --k")
-        if mode == "--importance":
-            return from_importance(self.importance, self.k, num_layers)
-        return uniform(self.k, num_layers)
-
-
-@dataclass
-class ConvertExpansion(ImportanceSelection):
-    """Optional layer expansion while converting from Hugging Face (at most one mode)."""
-
-    expand_layers: str | None = arg(None, "Duplicate these 0-based layers, e.g. 22,23,25,27.")
-    uniform_expand: int | None = arg(None, "Duplicate K layers with LLaMA-Pro's uniform placement.")
-
-    def plan(self, num_layers: int) -> ExpansionPlan | None:
-        mode = _only_mode(
-            {
-                "--expand-layers": self.expand_layers is not None,
-                "--importance": self.importance is not None,
-                "--uniform-expand": self.uniform_expand is not None,
-            }
-        )
-        if self.k is not None and mode != "--importance":
-            raise AdeptError("--k goes with --importance")
-        if mode == "--expand-layers":
-            return from_layer_list(self.expand_layers, num_layers)
-        if mode == "--importance":
-            if self.k is None:
-                raise AdeptError("--importance needs --k")
-            return from_importance(self.importance, self.k, num_layers)
-        if mode == "--uniform-expand":
-            return uniform(self.uniform_expand, num_layers, "--uniform-expand")
-        return None
+    def _given(self) -> list[str]:
+        flags = {
+            "--layers": self.layers is not None,
+            "--expand-layers": self.expand_layers is not None,
+            "--importance": self.importance is not None,
+            "--uniform": self.uniform,
+            "--uniform-expand": self.uniform_expand is not None,
+        }
+        return [flag for flag, present in flags.items() if present]
 
     @property
-    def requested(self) -> bool:
-        """Whether any expansion flag was given."""
-        flags = (self.expand_layers, self.importance, self.uniform_expand, self.k)
-        return any(value is not None for value in flags)
+    def mode(self) -> str | None:
+        """The selection flag that was given, or None when no expansion is asked for."""
+        given = self._given()
+        return given[0] if given else None
+
+    def plan(self, num_layers: int) -> ExpansionPlan:
+        """The plan for a model of ``num_layers`` original layers."""
+        if self.mode in ("--layers", "--expand-layers"):
+            return from_layer_list(self.layers or self.expand_layers, num_layers)
+        if self.mode == "--importance":
+            return from_importance(self.importance, self.k, num_layers)
+        if self.mode == "--uniform":
+            return uniform(self.k, num_layers)
+        if self.mode == "--uniform-expand":
+            return uniform(self.uniform_expand, num_layers, "--uniform-expand")
+        raise AdeptError("give one of --layers, --importance with --k, or --uniform with --k")

@@ -19,23 +19,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_adept.data.corpus import counted_tokens
-from megatron_adept.importance.pipeline import (
+from megatron_adept.models.pipeline import (
+    MicroBatch,
     PipelineStage,
-    comm_device,
     data_parallel_share,
     eval_mode,
+    last_stage_totals,
     micro_batch_gradients,
-    sum_last_stage_values,
 )
-from megatron_adept.models.forward import MicroBatch
-from megatron_adept.models.units import UNIT_NAMES, UnitSlice, model_units
-
-UnitKey = tuple[int, str]
-"""(0-based global layer index, unit name from :data:`UNIT_NAMES`)."""
+from megatron_adept.models.units import UnitKey, UnitSlice, model_units, unit_order
+from megatron_adept.parallel.collectives import all_gather_objects, all_reduce_, comm_device
 
 
 @dataclass(frozen=True)
@@ -68,14 +64,9 @@ class UnitImportance:
         """``{unit: mean}`` for every layer, in :data:`UNIT_NAMES` order (layers 0..L-1)."""
         layers = self.layers()
         rows: list[dict[str, float]] = [{} for _ in range(layers[-1] + 1 if layers else 0)]
-        for (layer, unit), stat in sorted(self.units.items(), key=_unit_order):
-            rows[layer][unit] = stat.mean
+        for layer, unit in sorted(self.units, key=unit_order):
+            rows[layer][unit] = self.units[(layer, unit)].mean
         return rows
-
-
-def _unit_order(item: tuple[UnitKey, UnitStat]) -> tuple[int, int]:
-    (layer, unit), _ = item
-    return layer, UNIT_NAMES.index(unit)
 
 
 @dataclass
@@ -140,16 +131,15 @@ def loss_gradient(
             if batch_loss is not None:
                 loss_sum += batch_loss.double()
     _sum_over_data_parallel(list(grads.values()))
-    loss = sum_last_stage_values(loss_sum.reshape(1), (1,)).item() / max(total, 1)
+    loss = last_stage_totals(loss_sum.reshape(1), (1,)).item() / max(total, 1)
     return LossGradient(units, grads, loss, total)
 
 
 def _sum_over_data_parallel(tensors: list[torch.Tensor]) -> None:
-    group = parallel_state.get_data_parallel_group()
-    if not tensors or dist.get_world_size(group) == 1:
+    if not tensors or parallel_state.get_data_parallel_world_size() == 1:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, group=group)
+    all_reduce_(flat, group=parallel_state.get_data_parallel_group())
     for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
         tensor.copy_(part.view_as(tensor))
 
@@ -175,25 +165,22 @@ def unit_totals(
     sums = sums.to(comm_device(), torch.float64)
     counts = sums.new_tensor([unit_numel(u) for u in units])
     rows = torch.stack([sums, counts], dim=1)
-    tp_group = parallel_state.get_tensor_model_parallel_group()
-    if dist.get_world_size(tp_group) > 1:
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
         # Replicated tensors (norms) contribute from TP rank 0 only: counted once.
-        tp_rank = dist.get_rank(tp_group)
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
         keep = [float(u.tp_sharded or tp_rank == 0) for u in units]
         rows *= rows.new_tensor(keep).unsqueeze(1)
-        dist.all_reduce(rows, group=tp_group)
+        all_reduce_(rows, group=parallel_state.get_tensor_model_parallel_group())
     if sum_over_data_parallel:
-        column = rows[:, 0].contiguous()
-        dist.all_reduce(column, group=parallel_state.get_data_parallel_group())
-        rows[:, 0] = column
+        rows[:, 0] = all_reduce_(
+            rows[:, 0].contiguous(), group=parallel_state.get_data_parallel_group()
+        )
     local: dict[UnitKey, list[float]] = {}
     for unit, (total, count) in zip(units, rows.tolist(), strict=True):
         entry = local.setdefault((unit.layer, unit.unit), [0.0, 0.0])
         entry[0] += total
         entry[1] += count
-    pp_group = parallel_state.get_pipeline_model_parallel_group()
-    stages: list[dict[UnitKey, list[float]] | None] = [None] * dist.get_world_size(pp_group)
-    dist.all_gather_object(stages, local, group=pp_group)
+    stages = all_gather_objects(local, group=parallel_state.get_pipeline_model_parallel_group())
     return {
         key: UnitStat(total, int(count), total / count)
         for part in stages

@@ -53,11 +53,12 @@ def build_transformer_config(
     params_dtype: torch.dtype = torch.float32,
     recompute_activations: bool = False,
     init_weights: bool = True,
+    on_cpu: bool = False,
 ) -> TransformerConfig:
     """Translate the HF-level description into megatron-core's config for this layout."""
     counts = pipeline_layer_counts(arch.num_layers, parallel)
     pp = parallel.pipeline_model_parallel_size
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available() and not on_cpu
     uneven = pp > 1 and len(set(counts)) > 1
     return TransformerConfig(
         num_layers=arch.num_layers,
@@ -99,8 +100,13 @@ def build_transformer_config(
     )
 
 
-def layer_spec(arch: ModelArch) -> ModuleSpec:
-    if transformer_engine_available():
+def layer_spec(arch: ModelArch, on_cpu: bool = False) -> ModuleSpec:
+    """Transformer Engine's layer spec on a GPU that has it, else megatron's local spec.
+
+    Both name their tensors alike in checkpoints (``sharded_state_dict_keys_map``), so a
+    checkpoint written with one loads with the other.
+    """
+    if not on_cpu and transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.family.qk_layernorm)
     return get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
 
@@ -111,6 +117,7 @@ def build_model(
     params_dtype: torch.dtype = torch.float32,
     recompute_activations: bool = False,
     init_weights: bool = True,
+    on_cpu: bool = False,
 ) -> GPTModel:
     """This rank's pipeline stage of ``arch`` (model-parallel groups must exist).
 
@@ -120,13 +127,15 @@ def build_model(
         params_dtype: parameter dtype (fp32, or bf16/fp16 for mixed precision).
         recompute_activations: full activation recomputation, one layer at a time.
         init_weights: skip random initialisation when a checkpoint will overwrite it.
+        on_cpu: keep the model in host memory with the local spec even on a GPU node
+            (offline tools hold a whole model, which rarely fits one GPU).
     """
     config = build_transformer_config(
-        arch, parallel, params_dtype, recompute_activations, init_weights
+        arch, parallel, params_dtype, recompute_activations, init_weights, on_cpu
     )
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(arch),
+        transformer_layer_spec=layer_spec(arch, on_cpu),
         vocab_size=padded_vocab_size(arch.vocab_size, parallel),
         max_sequence_length=arch.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -144,7 +153,7 @@ def build_model(
         _mark_tensor_parallel_weights(model)
     if model.post_process and model.vocab_size > arch.vocab_size:
         model.output_layer.register_forward_hook(_padded_vocab_mask(arch.vocab_size))
-    if torch.cuda.is_available():
+    if not config.use_cpu_initialization:
         model.cuda(torch.cuda.current_device())
     return model
 

@@ -36,6 +36,15 @@ UNIT_NAMES = (
 )
 """All unit names, in display order."""
 
+UnitKey = tuple[int, str]
+"""(0-based global layer index in the (possibly expanded) model, unit name)."""
+
+
+def unit_order(key: UnitKey) -> tuple[int, int]:
+    """Sort key of units: by layer, then in :data:`UNIT_NAMES` order."""
+    return key[0], UNIT_NAMES.index(key[1])
+
+
 # Parameter name inside a TransformerLayer -> the unit(s) it holds. Both the local spec and the
 # Transformer Engine spec (norms fused into the following linear) are covered.
 _WHOLE_PARAMS = {

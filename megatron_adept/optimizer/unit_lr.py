@@ -21,12 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from megatron_adept.errors import CheckpointError
-from megatron_adept.models.units import UNIT_NAMES
+from megatron_adept.models.units import UnitKey, unit_order
 
 ADEPT_STATE_FILE = "adept_state.json"
-
-UnitKey = tuple[int, str]
-"""(0-based layer index in the expanded model, unit name)."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +38,6 @@ class UnitLr:
     """I_U min-max normalised over every trainable unit of the model."""
     multiplier: float
     """max(floor, 2 (1 - normalized)): the unit's lr is this times the scheduled lr."""
-
-
-def unit_order(key: UnitKey) -> tuple[int, int]:
-    return key[0], UNIT_NAMES.index(key[1])
 
 
 def decoupled_multipliers(importance: Mapping[UnitKey, float], floor: float = 0.0) -> list[UnitLr]:

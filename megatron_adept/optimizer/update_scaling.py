@@ -34,8 +34,7 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer.optimizer import Float16OptimizerWithFloat16Params
 
-from megatron_adept.models.units import UnitSlice
-from megatron_adept.optimizer.unit_lr import UnitKey
+from megatron_adept.models.units import UnitKey, UnitSlice
 
 Scale = float | torch.Tensor
 """One multiplier for a whole main parameter, or one per element."""

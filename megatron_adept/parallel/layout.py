@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
+from typing import Protocol
+
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import ConfigError
-from megatron_adept.models.archs import ModelArch
+
+
+class ModelShape(Protocol):
+    """The sizes a layout must divide (``models.archs.ModelArch`` has them)."""
+
+    num_layers: int
+    num_attention_heads: int
+    num_query_groups: int
+    ffn_hidden_size: int
+
+
+def world_size_from_env() -> int:
+    """World size torchrun announced (1 for a plain ``python`` run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def pipeline_layer_counts(num_layers: int, parallel: ParallelConfig) -> list[int]:
@@ -43,7 +59,7 @@ def pipeline_layer_counts(num_layers: int, parallel: ParallelConfig) -> list[int
     return counts
 
 
-def validate_layout(arch: ModelArch, parallel: ParallelConfig, world_size: int) -> None:
+def validate_layout(arch: ModelShape, parallel: ParallelConfig, world_size: int) -> None:
     """Raise :class:`ConfigError` naming the numbers if ``parallel`` cannot hold ``arch``."""
     tp = parallel.tensor_model_parallel_size
     if arch.num_attention_heads % tp:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +18,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron_adept.compat import cpu as cpu_compat
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import ConfigError
+from megatron_adept.parallel.layout import world_size_from_env
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def world_size_from_env() -> int:
-    """World size torchrun announced (1 for a plain ``python`` run)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch; the model-parallel tracker is seeded in ``initialize``."""
     random.seed(seed)
@@ -60,12 +58,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
+def initialize(parallel: ParallelConfig, seed: int = 1234, on_cpu: bool = False) -> Runtime:
     """Create the default process group and megatron-core's model-parallel groups.
 
     Works under torchrun (reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*``) and as a
-    plain single process (a private loopback rendezvous is made up). On CPU the compatibility
-    layer is activated first.
+    plain single process (a private loopback rendezvous is made up). Uses NCCL on the local
+    GPU when there is one, else (or with ``on_cpu``) gloo on the CPU; on a machine without
+    CUDA the compatibility layer is activated first.
     """
     if "RANK" not in os.environ:
         os.environ.update(
@@ -78,7 +77,7 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not on_cpu:
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
@@ -108,13 +107,24 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
     )
 
 
-def initialize_single_process(seed: int = 1234) -> Runtime | None:
-    """A one-process group for offline tools (conversion, expansion); refuses torchrun."""
+@contextmanager
+def single_process(seed: int = 1234) -> Iterator[None]:
+    """The process group of an offline tool (conversion, expansion, merging): one process, on
+    the CPU whatever the node, since a whole model at TP=1 rarely fits one GPU.
+
+    Refuses torchrun. Tears the group down on the way out, unless the caller (a test worker,
+    a notebook) already runs one, which is then used as it is.
+    """
     if world_size_from_env() != 1:
         raise ConfigError("this tool runs in a single process; launch it with python, not torchrun")
     if dist.is_initialized():
-        return None
-    return initialize(ParallelConfig(), seed)
+        yield
+        return
+    initialize(ParallelConfig(), seed, on_cpu=True)
+    try:
+        yield
+    finally:
+        teardown()
 
 
 def teardown() -> None:

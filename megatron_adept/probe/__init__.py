@@ -1,10 +1,6 @@
 """Stage 1 of ADEPT: which decoder layers matter least for general competence.
 
-:func:`probe_layers` scores every layer (masking by default, or one of the paper's gradient
-alternatives) and every unit, and picks the k least important layers for expansion.
+:func:`megatron_adept.probe.runner.probe_layers` scores every layer (masking by default, or one
+of the paper's gradient alternatives) and every unit, and picks the k least important layers
+for expansion; :mod:`megatron_adept.probe.scores` holds the result, ``importance.json``.
 """
-
-from megatron_adept.probe.runner import METHODS, ProbeConfig, probe_layers
-from megatron_adept.probe.scores import LayerScores
-
-__all__ = ["METHODS", "LayerScores", "ProbeConfig", "probe_layers"]

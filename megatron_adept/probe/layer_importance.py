@@ -26,17 +26,18 @@ from dataclasses import dataclass
 import torch
 
 from megatron_adept.data.corpus import counted_tokens
-from megatron_adept.importance.pipeline import (
+from megatron_adept.models.pipeline import (
+    MicroBatch,
     PipelineStage,
     bypassed,
-    comm_device,
-    counted_loss_sum,
     data_parallel_share,
     eval_mode,
-    sum_last_stage_values,
+    forward_results,
+    last_stage_totals,
+    masked_loss_sum,
 )
-from megatron_adept.models.forward import MicroBatch, run_microbatches
 from megatron_adept.models.units import layer_index
+from megatron_adept.parallel.collectives import comm_device
 from megatron_adept.parallel.log import get_logger
 
 logger = get_logger(__name__)
@@ -82,7 +83,7 @@ def masking_probe(
             _prefix_reuse_sums(stage, share, sums, started)
         else:
             _naive_sums(model, stage, share, sums)
-        totals = sum_last_stage_values(sums, tuple(sums.shape))
+        totals = last_stage_totals(sums, tuple(sums.shape))
     losses = (totals / max(total, 1)).tolist()
     logger.info(
         "masking probe: %d variants x %d micro-batches in %.1fs",
@@ -135,7 +136,7 @@ def _finish(
     stage: PipelineStage, batch: MicroBatch, output: torch.Tensor, sums: torch.Tensor, slot: int
 ) -> None:
     if stage.last:
-        sums[slot] += counted_loss_sum(output, batch).double()
+        sums[slot] += masked_loss_sum(output, batch)[0].double()
     else:
         stage.send_forward(output)
 
@@ -145,13 +146,12 @@ def _naive_sums(
 ) -> None:
     """Every variant through megatron's forward-only schedule, from the embeddings."""
 
-    def output_fn(batch: MicroBatch, per_token_loss: torch.Tensor):
-        loss_sum = counted_loss_sum(per_token_loss, batch)
-        return loss_sum, loss_sum.double()
+    def loss_sum(batch: MicroBatch, per_token_loss: torch.Tensor) -> torch.Tensor:
+        return masked_loss_sum(per_token_loss, batch)[0].double()
 
     variants = [None, *range(stage.config.num_layers)]
     for slot, skip in enumerate(variants):
         with bypassed(stage.layers_at([skip])):
-            results = run_microbatches(model, batches, output_fn, forward_only=True)
+            results = forward_results(model, batches, loss_sum)
         if stage.last and results:
             sums[slot] += torch.stack(results).sum()

@@ -21,13 +21,6 @@ from collections.abc import Sequence
 
 import torch
 
-from megatron_adept.importance.pipeline import (
-    PipelineStage,
-    comm_device,
-    data_parallel_share,
-    eval_mode,
-    micro_batch_gradients,
-)
 from megatron_adept.importance.unit_importance import (
     LossGradient,
     UnitImportance,
@@ -36,7 +29,14 @@ from megatron_adept.importance.unit_importance import (
     unique_params,
     unit_totals,
 )
-from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.pipeline import (
+    MicroBatch,
+    PipelineStage,
+    data_parallel_share,
+    eval_mode,
+    micro_batch_gradients,
+)
+from megatron_adept.parallel.collectives import comm_device
 
 
 def _layer_totals(units: dict[tuple[int, str], UnitStat]) -> list[float]:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from megatron.core.utils import get_model_config
 
 from megatron_adept.checkpoint.atomic import check_output_file
-from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout, load_model
-from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.config.cli import arg
+from megatron_adept.checkpoint.mcore_io import load_model
+from megatron_adept.checkpoint.resolve import Checkpoint, open_checkpoint
+from megatron_adept.config.groups import BatchConfig, TokenizerConfig
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
 from megatron_adept.data.corpus import (
     check_vocabulary,
@@ -21,11 +19,13 @@ from megatron_adept.data.corpus import (
     counted_tokens,
     load_corpus,
 )
-from megatron_adept.data.tokenizer import TokenizerConfig, resolve_tokenizer
+from megatron_adept.data.tokenizer import resolve_tokenizer
 from megatron_adept.errors import AdeptError, DataError
 from megatron_adept.importance.unit_importance import importance_from_gradient, loss_gradient
-from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.pipeline import MicroBatch
+from megatron_adept.parallel.collectives import barrier
 from megatron_adept.parallel.log import get_logger
+from megatron_adept.probe.config import METHODS, ProbeConfig
 from megatron_adept.probe.heatmap import plot_importance
 from megatron_adept.probe.layer_importance import masking_probe
 from megatron_adept.probe.methods import cumulative_scores, fisher_scores, rank_scores
@@ -33,33 +33,6 @@ from megatron_adept.probe.scores import LayerScores
 from megatron_adept.probe.selection import least_important, suggested_k
 
 logger = get_logger(__name__)
-
-METHODS = ("masking", "cumulative", "rank", "fisher")
-
-
-@dataclass
-class ProbeConfig:
-    """What tools/probe_importance.py measures, on which data, and where it writes."""
-
-    load: str = arg(help="Checkpoint to probe (from tools/convert_hf.py or training).")
-    probe_data: str = arg(
-        help='Probe corpus, JSONL: {"text": ...} (every token counts) or '
-        '{"prompt": ..., "answer": ...} (only answer tokens count).'
-    )
-    out: str = arg(help="Output importance.json (written atomically by rank 0).")
-    method: str = arg("masking", "Layer importance method (ADEPT App. E).", choices=METHODS)
-    k: int | None = arg(None, "Number of layers to select (default: the suggested k).")
-    plot: str | None = arg(None, "Also write a PNG heatmap of unit importance with layer bars.")
-    seq_length: int = arg(512, "Tokens per sequence (longer items are truncated).")
-    micro_batch_size: int = arg(4, "Sequences per forward pass.")
-
-    def __post_init__(self) -> None:
-        if self.seq_length < 2:
-            raise AdeptError(f"--seq-length={self.seq_length} must be at least 2")
-        if self.micro_batch_size < 1:
-            raise AdeptError(f"--micro-batch-size={self.micro_batch_size} must be at least 1")
-        if self.k is not None and self.k < 1:
-            raise AdeptError(f"--k={self.k} must be at least 1")
 
 
 def probe_layers(
@@ -115,37 +88,36 @@ def probe_layers(
 
 
 def load_probe_batches(
-    config: ProbeConfig, parallel: ParallelConfig, tokenizer: TokenizerConfig
-) -> tuple[list[MicroBatch], CheckpointMeta]:
+    config: ProbeConfig, batch: BatchConfig, parallel: ParallelConfig, tokenizer: TokenizerConfig
+) -> tuple[list[MicroBatch], Checkpoint]:
     """Check everything that can be checked before any process group exists, then tokenize.
 
     Bad flags, checkpoint, layout, output paths and probe data fail here with one message.
     """
-    meta = check_checkpoint_layout(config.load, parallel)
-    if config.k is not None and config.k > meta.arch.num_layers:
-        raise AdeptError(
-            f"--k={config.k} is larger than the number of layers ({meta.arch.num_layers})"
-        )
+    checkpoint = open_checkpoint(config.load, parallel)
+    num_layers = checkpoint.meta.arch.num_layers
+    if config.k is not None and config.k > num_layers:
+        raise AdeptError(f"--k={config.k} is larger than the number of layers ({num_layers})")
     check_output_file(config.out, "--out")
     if config.plot is not None:
         check_output_file(config.plot, "--plot")
-    items = load_corpus(config.probe_data, resolve_tokenizer(tokenizer.tokenizer, config.load))
-    source = tokenizer.tokenizer or f"stored in {config.load}"
-    check_vocabulary(items, meta.arch.vocab_size, source)
-    batches = corpus_batches(items, config.seq_length, config.micro_batch_size)
+    items = load_corpus(config.probe_data, resolve_tokenizer(tokenizer.tokenizer, checkpoint.path))
+    source = tokenizer.tokenizer or f"stored in {checkpoint.path}"
+    check_vocabulary(items, checkpoint.meta.arch.vocab_size, source)
+    batches = corpus_batches(items, batch.seq_length, batch.micro_batch_size)
     if counted_tokens(batches) == 0:
         raise DataError(
-            f"no target tokens in {config.probe_data!r} within --seq-length={config.seq_length}"
+            f"no target tokens in {config.probe_data!r} within --seq-length={batch.seq_length}"
         )
     logger.info(
         "probe corpus: %d items, %d counted tokens, %d micro-batches of %dx%d",
         len(items),
         counted_tokens(batches),
         len(batches),
-        config.micro_batch_size,
-        config.seq_length,
+        batch.micro_batch_size,
+        batch.seq_length,
     )
-    return batches, meta
+    return batches, checkpoint
 
 
 def run_probe(
@@ -153,10 +125,10 @@ def run_probe(
     parallel: ParallelConfig,
     precision: PrecisionConfig,
     batches: list[MicroBatch],
-    meta: CheckpointMeta,
+    checkpoint: Checkpoint,
 ) -> LayerScores:
     """Load the checkpoint, probe it, and write the outputs from rank 0 (process groups up)."""
-    model, _ = load_model(config.load, parallel, precision.params_dtype)
+    model, meta = load_model(checkpoint.path, parallel, precision.params_dtype)
     scores = probe_layers(model, batches, config.method, config.k)
     scores = dataclasses.replace(
         scores,
@@ -165,14 +137,14 @@ def run_probe(
             "checkpoint": config.load,
             "model_type": meta.arch.model_type,
             "probe_data": config.probe_data,
-            "seq_length": config.seq_length,
+            "seq_length": batches[0].tokens.shape[1],
         },
     )
-    if dist.get_rank() == 0:
+    if torch.distributed.get_rank() == 0:
         scores.write(config.out)
         if config.plot is not None:
             plot_importance(scores, config.plot, f"{meta.arch.model_type}: {config.load}")
-    dist.barrier()
+    barrier()
     logger.info(
         "%s: base loss %.4f, selected layers %s (k=%d, suggested k=%d); wrote %s",
         config.method,

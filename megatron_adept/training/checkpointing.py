@@ -41,15 +41,18 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_adept.checkpoint.atomic import publish
-from megatron_adept.checkpoint.hf_io import copy_tokenizer_files
 from megatron_adept.checkpoint.manifest import write_manifest
 from megatron_adept.checkpoint.mcore_io import model_sharded_state_dict
 from megatron_adept.checkpoint.metadata import TOKENIZER_DIR, CheckpointMeta
-from megatron_adept.errors import CheckpointError
+from megatron_adept.checkpoint.resolve import (
+    TRACKER_FILE,
+    iteration_dir,
+)
+from megatron_adept.checkpoint.side_files import copy_tokenizer_files
 from megatron_adept.optimizer.unit_lr import AdeptState
+from megatron_adept.parallel.collectives import barrier
+from megatron_adept.training.save_dir import TRAINING_STATE_FILE, read_training_info
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-TRAINING_STATE_FILE = "training_state.json"
 RNG_DIR = "rng"
 _OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 """Optimizer state that loads at any TP/PP/DP layout."""
@@ -64,32 +67,6 @@ class TrainingState:
     scheduler: dict[str, Any]
     mode: str
     """The ``--mode`` that wrote it: a resume must train the same parameters."""
-
-
-def iteration_dir(save: str | Path, iteration: int) -> Path:
-    return Path(save) / f"iter_{iteration:07d}"
-
-
-def latest_iteration(directory: str | Path) -> int | None:
-    """The iteration named by ``directory``'s tracker, or None if it is no training save."""
-    tracker = Path(directory) / TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker}: expected an iteration number, got {text!r}")
-    return int(text)
-
-
-def resolve_load(load: str | Path) -> tuple[Path, int | None]:
-    """(weights directory, iteration to resume from or None for a fresh start)."""
-    iteration = latest_iteration(load)
-    if iteration is None:
-        return Path(load), None
-    directory = iteration_dir(load, iteration)
-    if not directory.is_dir():
-        raise CheckpointError(f"{Path(load) / TRACKER_FILE} names missing {str(directory)!r}")
-    return directory, iteration
 
 
 def _optimizer_sharded(model: torch.nn.Module, optimizer: MegatronOptimizer, loading: bool):
@@ -158,6 +135,7 @@ def save_checkpoint(
     state: TrainingState,
     adept: AdeptState,
     tokenizer: Path | None = None,
+    documents: dict[str, Any] | None = None,
     before_publish: Callable[[], None] | None = None,
 ) -> Path:
     """Collective: write ``SAVE/iter_XXXXXXX`` and advance the tracker to it.
@@ -170,6 +148,8 @@ def save_checkpoint(
         state: counters and scheduler state.
         adept: the multipliers in force.
         tokenizer: the run's tokenizer directory, copied in so the checkpoint stands alone.
+        documents: file name -> JSON data rank 0 writes beside (resolved run configuration,
+            metrics).
         before_publish: called on every rank once all files are written (fault injection).
     """
     final = iteration_dir(save, state.iteration)
@@ -180,14 +160,14 @@ def save_checkpoint(
         for stale in final.parent.glob(".iter_*.tmp"):  # left by a save that was killed
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-    dist.barrier()
+    barrier()
     optimizer_state = _optimizer_sharded(model, optimizer, False)
     dist_checkpointing.save({**model_sharded_state_dict(model), "optimizer": optimizer_state}, tmp)
     if rank == 0:
         (tmp / RNG_DIR).mkdir()
-    dist.barrier()
+    barrier()
     torch.save(_rng_state(), tmp / RNG_DIR / f"rank_{rank:05d}.pt")
-    dist.barrier()
+    barrier()
     if rank == 0:
         if tokenizer is not None:
             copy_tokenizer_files(tokenizer, tmp / TOKENIZER_DIR)
@@ -212,61 +192,17 @@ def save_checkpoint(
             + "\n"
         )
         adept.save(tmp)
-    dist.barrier()
+        for name, data in (documents or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=1) + "\n")
+    barrier()
     if before_publish is not None:
         before_publish()
     write_manifest(tmp)
     if rank == 0:
         publish(tmp, final)
         _write_atomically(Path(save) / TRACKER_FILE, f"{state.iteration}\n")
-    dist.barrier()
+    barrier()
     return final
-
-
-def read_training_info(directory: Path) -> dict[str, Any]:
-    """``training_state.json`` of a training checkpoint (counters, schedule, mode)."""
-    path = directory / TRAINING_STATE_FILE
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in ("iteration", "consumed_samples", "scheduler", "mode") if k not in info]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    return info
-
-
-def check_save_dir(save: str) -> None:
-    """Refuse a ``--save`` that cannot be written, before any work."""
-    existing = Path(save)
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CheckpointError(f"--save {save!r}: {str(existing)!r} is not a directory")
-    if not os.access(existing, os.W_OK):
-        raise CheckpointError(f"--save {save!r}: {str(existing)!r} is not writable")
-
-
-def check_resume(load: str, save: str | None, mode: str) -> None:
-    """Refuse a start that would mix two runs.
-
-    A resume must train what the checkpoint trained (``--mode``: the optimizer state only
-    covers those parameters); a fresh start must not write into a ``--save`` that already
-    holds another run's checkpoints.
-    """
-    directory, iteration = resolve_load(load)
-    if iteration is not None:
-        saved = read_training_info(directory)["mode"]
-        if saved != mode:
-            raise CheckpointError(
-                f"--mode {mode} differs from the run being resumed ({directory} was trained "
-                f"with --mode {saved})"
-            )
-    elif save is not None and latest_iteration(save) is not None:
-        raise CheckpointError(
-            f"--save {save!r} already holds a run (iteration {latest_iteration(save)}); "
-            f"resume it with --load {save}, or choose another --save"
-        )
 
 
 def load_training_state(

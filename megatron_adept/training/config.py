@@ -1,13 +1,36 @@
-"""Flags of ``pretrain_adept.py`` (Megatron-LM spelling) and their cross-group checks."""
+"""Flags of ``pretrain_adept.py`` (Megatron-LM spelling) and their cross-group checks.
+
+Light to import: ``pretrain_adept.py --help`` and bad flags are answered before torch loads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.config.cli import arg
+from megatron_adept.config.cli import arg, require_positive
+from megatron_adept.config.groups import (
+    BatchConfig,
+    TokenizerConfig,
+    importance_flag,
+    load_flag,
+    probe_data_flag,
+    seed_flag,
+)
+from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
+from megatron_adept.data.config import DataConfig
 from megatron_adept.errors import CheckpointError, ConfigError
-from megatron_adept.training.modes import MODES
+from megatron_adept.optimizer.config import OptimizerSettings
+
+if TYPE_CHECKING:
+    from megatron_adept.checkpoint.metadata import CheckpointMeta
+
+MODES = ("adept", "pt-full", "llama-pro", "no-stage1", "no-stage2")
+"""What ``--mode`` can train (see :mod:`megatron_adept.training.modes`)."""
+RUN_CONFIG_FILE = "run_config.json"
+"""The resolved configuration, saved in every training checkpoint."""
 
 
 @dataclass
@@ -15,20 +38,16 @@ class TrainingConfig:
     """Batch, length and schedule of the run."""
 
     train_iters: int = arg(help="Optimizer steps to train for (in total, across resumes).")
-    micro_batch_size: int = arg(1, "Sequences per micro-batch on one data-parallel rank.")
     global_batch_size: int = arg(8, "Sequences per optimizer step over all data-parallel ranks.")
-    seq_length: int = arg(4096, "Tokens per training sequence.")
     lr_decay_style: str = arg(
         "cosine", "Learning-rate decay after warmup.", choices=("cosine", "linear", "constant")
     )
     lr_warmup_fraction: float = arg(0.03, "Fraction of --train-iters spent warming up.")
-    seed: int = arg(1234, "Random seed (weights of new tensors, data order, dropout).")
+    seed: int = seed_flag(1234)
     recompute_activations: bool = arg(False, "Recompute each layer's activations in backward.")
 
     def __post_init__(self) -> None:
-        for name in ("micro_batch_size", "global_batch_size", "seq_length", "train_iters"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be > 0")
+        require_positive(self, "global_batch_size", "train_iters")
         if not 0.0 <= self.lr_warmup_fraction < 1.0:
             raise ConfigError(f"--lr-warmup-fraction={self.lr_warmup_fraction} must be in [0, 1)")
 
@@ -41,10 +60,7 @@ class TrainingConfig:
 class CheckpointConfig:
     """Where training starts from and where it saves."""
 
-    load: str = arg(
-        help="A converted/expanded checkpoint (starts fresh) or a training --save directory "
-        "(resumes from its latest iteration)."
-    )
+    load: str = load_flag()
     save: str | None = arg(None, "Directory for training checkpoints (iter_XXXXXXX/).")
     save_interval: int | None = arg(
         None, "Save every this many iterations (and always at the end when --save is set)."
@@ -56,10 +72,7 @@ class CheckpointConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("save_interval", "keep_last"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')}={value} must be > 0")
+        require_positive(self, "save_interval", "keep_last")
 
 
 @dataclass
@@ -87,12 +100,7 @@ class FaultToleranceConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.exit_duration_in_mins is not None and self.exit_duration_in_mins <= 0:
-            raise ConfigError(f"--exit-duration-in-mins={self.exit_duration_in_mins} must be > 0")
-        for name in ("exit_interval", "max_skipped_steps"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')}={value} must be > 0")
+        require_positive(self, "exit_duration_in_mins", "exit_interval", "max_skipped_steps")
 
 
 @dataclass
@@ -143,8 +151,7 @@ class LoggingConfig:
     tensorboard_dir: str | None = arg(None, "Write TensorBoard scalars here (rank 0).")
 
     def __post_init__(self) -> None:
-        if self.log_interval <= 0:
-            raise ConfigError(f"--log-interval={self.log_interval} must be > 0")
+        require_positive(self, "log_interval")
 
 
 @dataclass
@@ -152,33 +159,51 @@ class AdeptConfig:
     """ADEPT Stage 2: what trains and how unit learning rates are decoupled."""
 
     mode: str = arg("adept", f"What trains: {', '.join(MODES)}.")
-    probe_data: str | None = arg(
-        None, "General-competence probe corpus (JSONL, as Stage 1) for unit importance."
-    )
-    importance: str | None = arg(
-        None, "Stage-1 importance.json whose 'selected' layers train in --mode no-stage1."
-    )
+    probe_data: str | None = probe_data_flag(None)
+    importance: str | None = importance_flag()
     importance_interval: int = arg(500, "Recompute unit importance every this many steps.")
     adept_lr_floor: float = arg(0.0, "Lower bound of a unit's lr multiplier 2(1-I).")
-    tokenizer: str | None = arg(
-        None, "Tokenizer for the probe corpus (default: the one stored beside --load)."
-    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.importance_interval <= 0:
-            raise ConfigError(f"--importance-interval={self.importance_interval} must be > 0")
+        require_positive(self, "importance_interval")
         if not 0.0 <= self.adept_lr_floor <= 2.0:
             raise ConfigError(f"--adept-lr-floor={self.adept_lr_floor} must be in [0, 2]")
 
 
-def validate_batch(training: TrainingConfig, data_parallel_size: int) -> None:
-    """The global batch must split into whole micro-batches on every data-parallel rank."""
-    per_step = training.micro_batch_size * data_parallel_size
-    if training.global_batch_size % per_step:
-        raise ConfigError(
-            f"--global-batch-size={training.global_batch_size} is not divisible by "
-            f"--micro-batch-size x data-parallel size = {training.micro_batch_size} x "
-            f"{data_parallel_size}"
-        )
+@dataclass
+class RunConfig:
+    """Every flag group of ``pretrain_adept.py``, in ``--help`` order."""
+
+    checkpoint: CheckpointConfig
+    training: TrainingConfig
+    batch: BatchConfig
+    optimizer: OptimizerSettings
+    precision: PrecisionConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    adept: AdeptConfig
+    tokenizer: TokenizerConfig
+    logging: LoggingConfig
+    faults: FaultToleranceConfig
+    expected: ExpectedModelConfig
+
+    @classmethod
+    def groups(cls) -> tuple[type, ...]:
+        """The flag dataclasses, one per field (``RunConfig(*parsed)`` rebuilds the config)."""
+        hints = typing.get_type_hints(cls)
+        return tuple(hints[f.name] for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration, group by group (saved beside the checkpoints)."""
+        return dataclasses.asdict(self)
+
+    def validate_batch(self, data_parallel_size: int) -> None:
+        """The global batch must split into whole micro-batches on every data-parallel rank."""
+        micro, total = self.batch.micro_batch_size, self.training.global_batch_size
+        if total % (micro * data_parallel_size):
+            raise ConfigError(
+                f"--global-batch-size={total} is not divisible by --micro-batch-size x "
+                f"data-parallel size = {micro} x {data_parallel_size}"
+            )

@@ -16,7 +16,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-from megatron_adept.importance.pipeline import comm_device
+from megatron_adept.parallel.collectives import all_reduce_numbers
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -53,16 +53,14 @@ class ExitConditions:
     def check(self, iteration: int) -> str | None:
         """Collective: why the run stops after ``iteration`` (None: it goes on)."""
         elapsed = (time.monotonic() - self.start) / 60
-        flags = torch.tensor(
+        received, out_of_time = all_reduce_numbers(
             [
                 -1 if self.received is None else self.received,
                 self.duration_mins is not None and elapsed >= self.duration_mins,
             ],
+            op=dist.ReduceOp.MAX,
             dtype=torch.int64,
-            device=comm_device(),
         )
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        received, out_of_time = int(flags[0]), bool(flags[1])
         if received >= 0:
             return f"received {signal.Signals(received).name}"
         if out_of_time:

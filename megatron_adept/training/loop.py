@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -14,10 +13,9 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_adept.checkpoint.mcore_io import load_model_weights
 from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
+from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.data.corpus import check_vocabulary, corpus_batches, load_corpus
 from megatron_adept.data.datasets import (
-    DataConfig,
     build_train_valid_test_datasets,
     global_batches,
 )
@@ -25,9 +23,9 @@ from megatron_adept.data.tokenizer import resolve_tokenizer
 from megatron_adept.errors import DataError, TrainingError
 from megatron_adept.importance.unit_importance import unit_importance
 from megatron_adept.models.builder import build_model
-from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.pipeline import MicroBatch, stop_backward_below
 from megatron_adept.models.units import model_units
-from megatron_adept.optimizer.build import OptimizerSettings, build_optimizer, wrap_ddp
+from megatron_adept.optimizer.build import build_optimizer, wrap_ddp
 from megatron_adept.optimizer.unit_lr import (
     AdeptState,
     UnitKey,
@@ -35,55 +33,36 @@ from megatron_adept.optimizer.unit_lr import (
     uniform_multipliers,
 )
 from megatron_adept.optimizer.update_scaling import UnitUpdateScaling
+from megatron_adept.parallel.collectives import all_gather_objects
 from megatron_adept.parallel.log import get_logger
 from megatron_adept.training.checkpointing import (
     TrainingState,
     load_training_state,
     remove_old_checkpoints,
-    resolve_load,
     save_checkpoint,
 )
-from megatron_adept.training.config import (
-    AdeptConfig,
-    CheckpointConfig,
-    ExpectedModelConfig,
-    FaultToleranceConfig,
-    LoggingConfig,
-    TrainingConfig,
-)
+from megatron_adept.training.config import RUN_CONFIG_FILE, RunConfig
 from megatron_adept.training.exit_conditions import ExitConditions
-from megatron_adept.training.metrics import TrainingMetrics, count_trainable_params
-from megatron_adept.training.modes import TrainPlan, apply_plan, plan_for_mode, stop_backward_below
+from megatron_adept.training.metrics import (
+    METRICS_FILE,
+    TrainingMetrics,
+    count_trainable_params,
+)
+from megatron_adept.training.modes import TrainPlan, apply_plan, plan_for_mode
 from megatron_adept.training.step import StepResult, train_step
 
 logger = get_logger(__name__)
-
-
-@dataclass
-class RunConfig:
-    """Every flag group of ``pretrain_adept.py``."""
-
-    training: TrainingConfig
-    checkpoint: CheckpointConfig
-    logging: LoggingConfig
-    adept: AdeptConfig
-    optimizer: OptimizerSettings
-    data: DataConfig
-    parallel: ParallelConfig
-    precision: PrecisionConfig
-    faults: FaultToleranceConfig
-    expected: ExpectedModelConfig
 
 
 def load_probe_batches(config: RunConfig, weights_dir: Path, vocab_size: int) -> list[MicroBatch]:
     """The probe corpus as fixed micro-batches (raises on a missing, empty or foreign corpus)."""
     if config.adept.probe_data is None:
         raise DataError(f"--mode {config.adept.mode} needs --probe-data (the general corpus)")
-    tokenizer = resolve_tokenizer(config.adept.tokenizer, weights_dir)
+    tokenizer = resolve_tokenizer(config.tokenizer.tokenizer, weights_dir)
     items = load_corpus(config.adept.probe_data, tokenizer)
-    source = config.adept.tokenizer or f"stored in {weights_dir}"
+    source = config.tokenizer.tokenizer or f"stored in {weights_dir}"
     check_vocabulary(items, vocab_size, source)
-    return corpus_batches(items, config.training.seq_length, config.training.micro_batch_size)
+    return corpus_batches(items, config.batch.seq_length, config.batch.micro_batch_size)
 
 
 def _die_like_a_lost_node() -> None:
@@ -132,7 +111,7 @@ class Trainer:
         )
         load_model_weights(self.model, self.weights_dir)
         apply_plan(self.model, self.plan)
-        self._hooks = stop_backward_below(self.model, self.plan)
+        self._hooks = stop_backward_below(self.model, self.plan.lowest_layer)
         self.ddp = wrap_ddp(self.model, config.optimizer.use_distributed_optimizer)
         self.optimizer = build_optimizer(self.ddp, config.optimizer)
         self.scheduler = OptimizerParamScheduler(
@@ -166,19 +145,18 @@ class Trainer:
             config.logging.log_interval,
             config.logging.tensorboard_dir,
             count_trainable_params(self.model),
+            self.weights_dir if self.resume_iteration is not None else None,
         )
 
     def _global_unit_keys(self) -> list[UnitKey]:
         local = sorted({(u.layer, u.unit) for u in self.units})
-        gathered: list[list[UnitKey]] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
-        return sorted({tuple(key) for part in gathered for key in part})
+        return sorted({tuple(key) for part in all_gather_objects(local) for key in part})
 
     def _data_iterator(self) -> Iterator[list[MicroBatch]]:
         training = self.config.training
         train, _, _ = build_train_valid_test_datasets(
             self.config.data,
-            training.seq_length,
+            self.config.batch.seq_length,
             (training.train_iters * training.global_batch_size, 0, 0),
             training.seed,
             self._eos_id(),
@@ -186,7 +164,7 @@ class Trainer:
         return global_batches(
             train,
             training.global_batch_size,
-            training.micro_batch_size,
+            self.config.batch.micro_batch_size,
             parallel_state.get_data_parallel_rank(),
             parallel_state.get_data_parallel_world_size(),
             self.consumed_samples,
@@ -194,8 +172,8 @@ class Trainer:
 
     def _eos_id(self) -> int:
         """EOS of the tokenizer beside the checkpoint (or --tokenizer), else the arch's."""
-        if self.config.adept.tokenizer is not None or self.meta.tokenizer is not None:
-            return resolve_tokenizer(self.config.adept.tokenizer, self.weights_dir).eos_id
+        if self.config.tokenizer.tokenizer is not None or self.meta.tokenizer is not None:
+            return resolve_tokenizer(self.config.tokenizer.tokenizer, self.weights_dir).eos_id
         eos = self.meta.arch.eos_token_id
         return eos[0] if isinstance(eos, list) else (eos or 0)
 
@@ -245,7 +223,7 @@ class Trainer:
             result.loss,
             lr,
             result.grad_norm,
-            training.global_batch_size * training.seq_length,
+            training.global_batch_size * self.config.batch.seq_length,
             time.perf_counter() - start,
         )
         return result
@@ -271,6 +249,7 @@ class Trainer:
             ),
             self.adept_state,
             self.meta.tokenizer_path(self.weights_dir),
+            {RUN_CONFIG_FILE: self.config.to_dict(), METRICS_FILE: self.metrics.to_dict()},
             before_publish=_die_like_a_lost_node if kill else None,
         )
         logger.info(f"saved iteration {self.iteration} to {ckpt.save}")

@@ -1,6 +1,12 @@
-"""Progress of a training run: periodic step logs, multiplier tables, TensorBoard scalars."""
+"""Progress of a training run: periodic step logs, multiplier tables, TensorBoard scalars,
+and ``train_metrics.json`` in every checkpoint (every step so far, read back on resume), which
+scripts read instead of parsing logs."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -8,6 +14,7 @@ from megatron.core import parallel_state
 
 from megatron_adept.models.units import UNIT_NAMES
 from megatron_adept.optimizer.unit_lr import UnitLr
+from megatron_adept.parallel.collectives import all_reduce_numbers
 from megatron_adept.parallel.log import get_logger
 
 logger = get_logger(__name__)
@@ -21,9 +28,8 @@ def count_trainable_params(model: torch.nn.Module) -> int:
         if param.requires_grad:
             sharded = getattr(param, "tensor_model_parallel", False)
             local += param.numel() if sharded else param.numel() / tp
-    total = torch.tensor(local, dtype=torch.float64)
-    dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
-    return round(total.item())
+    (total,) = all_reduce_numbers([local], group=parallel_state.get_model_parallel_group())
+    return round(total)
 
 
 def multiplier_table(units: list[UnitLr]) -> str:
@@ -46,14 +52,33 @@ def multiplier_table(units: list[UnitLr]) -> str:
     return "\n".join(lines)
 
 
+METRICS_FILE = "train_metrics.json"
+
+
 class TrainingMetrics:
-    """Logs every ``log_interval`` steps on rank 0; mirrors scalars to TensorBoard if asked."""
+    """Logs every ``log_interval`` steps on rank 0; mirrors scalars to TensorBoard if asked.
+
+    Args:
+        log_interval: steps between log lines.
+        tensorboard_dir: where rank 0 writes TensorBoard scalars (None: nowhere).
+        trainable_params: the whole model's, reported with every log line.
+        resumed_from: a checkpoint whose recorded steps this run continues.
+    """
 
     def __init__(
-        self, log_interval: int, tensorboard_dir: str | None, trainable_params: int
+        self,
+        log_interval: int,
+        tensorboard_dir: str | None,
+        trainable_params: int,
+        resumed_from: Path | None = None,
     ) -> None:
         self.log_interval = log_interval
         self.trainable_params = trainable_params
+        self.steps: list[dict[str, Any]] = []
+        self.refreshes: list[dict[str, Any]] = []
+        if resumed_from is not None and (resumed_from / METRICS_FILE).is_file():
+            recorded = json.loads((resumed_from / METRICS_FILE).read_text())
+            self.steps, self.refreshes = recorded["steps"], recorded["refreshes"]
         self._writer = None
         self._tokens = 0
         self._seconds = 0.0
@@ -72,6 +97,16 @@ class TrainingMetrics:
         seconds: float,
     ) -> None:
         """Record one optimizer step (``tokens`` over the whole global batch)."""
+        self.steps.append(
+            {
+                "iteration": iteration,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": tokens,
+                "seconds": seconds,
+            }
+        )
         self._tokens += tokens
         self._seconds += seconds
         if self._writer is not None:
@@ -92,6 +127,7 @@ class TrainingMetrics:
         self._tokens, self._seconds = 0, 0.0
 
     def refresh(self, iteration: int, units: list[UnitLr], seconds: float) -> None:
+        self.refreshes.append({"iteration": iteration, "seconds": seconds})
         logger.info(
             f"unit lr multipliers at iteration {iteration} (importance refresh took "
             f"{seconds:.2f}s):\n{multiplier_table(units)}"
@@ -101,6 +137,14 @@ class TrainingMetrics:
                 self._writer.add_scalar(
                     f"multiplier/layer{unit.layer:03d}.{unit.unit}", unit.multiplier, iteration
                 )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contents of ``train_metrics.json``."""
+        return {
+            "trainable_params": self.trainable_params,
+            "steps": self.steps,
+            "refreshes": self.refreshes,
+        }
 
     def close(self) -> None:
         if self._writer is not None:

@@ -11,18 +11,13 @@ Embeddings, the final norm and the output layer are frozen in every mode but ``p
 Frozen parameters have ``requires_grad=False``, so megatron's DDP gives them no gradient
 buffer and the optimizer no state.
 
-Backward never runs below the lowest trainable layer: the hidden state entering the first
-layer of every pipeline stage that starts at or below that layer is detached, so the frozen
-layers under it build no autograd graph (they run forward only). A stage that receives its
-input from another stage must still send a gradient back, or megatron's 1F1B schedule would
-wait forever for it; it sends zeros, through an identity that links the stage output to its
-received input (:class:`_ZeroGradToInput`). A stage below every trainable layer thus costs a
-forward pass and a zero-filled send.
+Backward never runs below the lowest trainable layer
+(:func:`megatron_adept.models.pipeline.stop_backward_below`): a stage below every trainable
+layer costs a forward pass and a zero-filled send.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +26,8 @@ import torch
 from megatron_adept.checkpoint.metadata import LayerMap
 from megatron_adept.errors import ConfigError, DataError
 from megatron_adept.models.units import decoder_layers, layer_index
-
-MODES = ("adept", "pt-full", "llama-pro", "no-stage1", "no-stage2")
+from megatron_adept.probe.scores import LayerScores
+from megatron_adept.training.config import MODES
 
 
 @dataclass(frozen=True)
@@ -52,15 +47,8 @@ class TrainPlan:
 
 
 def read_selected_layers(path: str | Path) -> list[int]:
-    """The ``selected`` layers of a Stage-1 ``importance.json``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--importance file {str(path)!r} does not exist")
-    try:
-        selected = json.loads(path.read_text())["selected"]
-        layers = sorted({int(i) for i in selected})
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: no valid 'selected' layer list ({exc})") from None
+    """The ``selected`` layers of a Stage-1 ``importance.json`` (the layers no-stage1 trains)."""
+    layers = LayerScores.read(path).selected
     if not layers:
         raise DataError(f"{path}: 'selected' is empty")
     return layers
@@ -101,50 +89,3 @@ def apply_plan(model: torch.nn.Module, plan: TrainPlan) -> None:
     for layer in decoder_layers(model):
         if layer_index(layer) in plan.layers:
             layer.requires_grad_(True)
-
-
-class _ZeroGradToInput(torch.autograd.Function):
-    """Identity on ``hidden``; the stage's received ``stage_input`` gets a zero gradient."""
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, stage_input: torch.Tensor) -> torch.Tensor:
-        ctx.input_meta = (stage_input.shape, stage_input.dtype, stage_input.device)
-        return hidden.view_as(hidden)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        shape, dtype, device = ctx.input_meta
-        return grad, torch.zeros(shape, dtype=dtype, device=device)
-
-
-def _detach_hidden(module, args, kwargs):
-    if "hidden_states" in kwargs:
-        kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
-    else:
-        args = (args[0].detach(), *args[1:])
-    return args, kwargs
-
-
-def stop_backward_below(model: torch.nn.Module, plan: TrainPlan) -> list:
-    """Install the hooks that keep backward above ``plan.lowest_layer`` on this stage.
-
-    Returns the hook handles (``handle.remove()`` undoes them).
-    """
-    lowest = plan.lowest_layer
-    layers = decoder_layers(model)
-    if lowest is None or not layers or layer_index(layers[0]) > lowest:
-        return []
-    handles = [layers[0].register_forward_pre_hook(_detach_hidden, with_kwargs=True)]
-    gpt = model
-    while not hasattr(gpt, "decoder"):
-        gpt = gpt.module
-    if not gpt.pre_process:
-
-        def link_input(decoder, args, output):
-            stage_input = decoder.input_tensor
-            if stage_input is None or not stage_input.requires_grad:
-                return output
-            return _ZeroGradToInput.apply(output, stage_input)
-
-        handles.append(gpt.decoder.register_forward_hook(link_input))
-    return handles

@@ -6,13 +6,16 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer import ChainedOptimizer, MegatronOptimizer
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 
-from megatron_adept.models.forward import MicroBatch, broadcast_from_last_stage, run_microbatches
+from megatron_adept.models.pipeline import (
+    MicroBatch,
+    last_stage_totals,
+    masked_loss_sum,
+    run_microbatches,
+)
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,15 @@ class StepResult:
 
 def masked_mean_loss(batch: MicroBatch, per_token_loss: torch.Tensor):
     """Mean loss over counted tokens; also returns (sum, count) for exact global averaging."""
-    mask = batch.loss_mask.to(per_token_loss.dtype)
-    total, count = (per_token_loss.float() * mask).sum(), mask.sum()
-    return total / count.clamp(min=1), torch.stack([total.detach(), count.detach().float()])
+    total, count = masked_loss_sum(per_token_loss, batch)
+    return total / count.clamp(min=1), torch.stack([total.detach(), count]).double()
 
 
 def global_mean_loss(sums_and_counts: list[torch.Tensor]) -> float:
     """Token-weighted loss over all micro-batches and data-parallel ranks, on every rank."""
     local = torch.stack(sums_and_counts).sum(0) if sums_and_counts else None
-    local = broadcast_from_last_stage(local, (2,), torch.float32)
-    dist.all_reduce(local, group=parallel_state.get_data_parallel_group())
-    return (local[0] / local[1].clamp(min=1)).item()
+    total, count = last_stage_totals(local, (2,)).tolist()
+    return total / max(count, 1.0)
 
 
 def _clip(optimizer: MegatronOptimizer, grad_norm: float) -> None:

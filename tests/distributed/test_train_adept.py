@@ -2,6 +2,7 @@
 
 import json
 
+from hf_fixtures import CONVERT, tool
 from torchrun_harness import run_torchrun
 from train_fixtures import PRETRAIN, pretrain_args
 
@@ -92,3 +93,14 @@ def test_pt_full_changes_every_tensor(train_inputs, tmp_path):
     )
     diffs = _diffs(train_inputs.expanded, save / "iter_0000001", tmp_path / "diff.json")
     assert all(value > 0.0 for value in diffs.values()), diffs
+
+    # every --load accepts the --save directory itself and reads its latest checkpoint
+    for name, load in (("latest", save), ("explicit", save / "iter_0000001")):
+        tool(CONVERT, "--to-hf", "--load", str(load), "--out", str(tmp_path / name))
+    exported = sorted(p.name for p in (tmp_path / "explicit").iterdir())
+    assert "model.safetensors" in exported
+    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == exported
+    for name in exported:
+        assert (tmp_path / "latest" / name).read_bytes() == (
+            tmp_path / "explicit" / name
+        ).read_bytes(), name

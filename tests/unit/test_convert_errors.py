@@ -11,8 +11,8 @@ import pytest
 from hf_fixtures import CONVERT, run_tool_inprocess, save_hf, siblings_clean, tool
 from safetensors.torch import load_file, save_file
 
-from megatron_adept.checkpoint.mcore_io import check_checkpoint_layout
 from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerMap
+from megatron_adept.checkpoint.resolve import open_checkpoint
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import ConfigError
 from megatron_adept.models.archs import ModelArch
@@ -181,4 +181,4 @@ def test_tp_not_dividing_heads_at_load(tmp_path, monkeypatch):
         ConfigError,
         match="num_attention_heads=4 is not divisible by --tensor-model-parallel-size=8",
     ):
-        check_checkpoint_layout(tmp_path, ParallelConfig(tensor_model_parallel_size=8))
+        open_checkpoint(tmp_path, ParallelConfig(tensor_model_parallel_size=8))

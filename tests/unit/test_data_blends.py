@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+from megatron_adept.data.config import parse_split
 from megatron_adept.data.datasets import (
     DataConfig,
     build_train_valid_test_datasets,
     global_batches,
-    parse_split,
 )
 from megatron_adept.errors import ConfigError, DataError
 

@@ -18,7 +18,8 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerEntry, LayerMap
 from megatron_adept.errors import AdeptError, CheckpointError
-from megatron_adept.expansion.merge import MergeConfig, check_mergeable
+from megatron_adept.expansion.config import MergeConfig
+from megatron_adept.expansion.merge import check_mergeable
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.presets import preset_config
 

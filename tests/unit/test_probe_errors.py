@@ -65,6 +65,7 @@ CASES = {
     "k larger than the layers": (GOOD, ["--k", "5"], ["--k=5", "number of layers (4)"]),
     "k not positive": (GOOD, ["--k", "0"], ["--k=0 must be at least 1"]),
     "missing probe data": (None, [], ["nothing", "does not exist"]),
+    "fp16": (GOOD, ["--fp16"], ["--fp16 is not supported for the probe", "use --bf16"]),
 }
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from torchrun_harness import REPO, run_command
 
-sys.path.insert(0, str(REPO / "examples"))
-import quickstart  # noqa: E402
+from megatron_adept.workflow import demo, stages
 
 
 def test_output_inside_a_file_is_refused(tmp_path):
@@ -25,10 +24,9 @@ def test_output_inside_a_file_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == [blocker]
 
 
-def test_too_little_disk_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(quickstart, "MIN_FREE_BYTES", 2**62)
-    with pytest.raises(quickstart.QuickstartError, match=r"GiB free under .* needs"):
-        quickstart.check_output(tmp_path / "new" / "out")
+def test_too_little_disk_is_refused(tmp_path):
+    with pytest.raises(stages.WorkflowError, match=r"GiB free under .* needs"):
+        stages.check_output(tmp_path / "new" / "out", 2**62)
     assert not (tmp_path / "new").exists()
 
 
@@ -36,40 +34,39 @@ def test_cached_base_model_is_reused(tmp_path, monkeypatch):
     tokenizer = tmp_path / "tokenizer"
     tokenizer.mkdir()
     (tokenizer / "tokenizer.model").write_bytes(b"pieces")
-    pipe = quickstart.Pipeline(tmp_path / "out", tmp_path / "cache")
+    pipe = stages.Stages()
+    out, cache = tmp_path / "out", tmp_path / "cache"
 
     def no_stage(stage, cmd):
         raise AssertionError(f"ran stage {stage!r}")
 
     monkeypatch.setattr(pipe, "run", no_stage)
     with pytest.raises(AssertionError, match="ran stage 'init base model'"):
-        pipe.base_model(tokenizer, tmp_path / "data" / "general")
+        demo.base_model(pipe, out, cache, tokenizer, tmp_path / "data" / "general")
 
-    entry = pipe.base_cache_entry(tokenizer)
+    entry = demo.base_cache_entry(cache, tokenizer)
     entry.mkdir(parents=True)
     (entry / "config.json").write_text("{}")
-    assert pipe.base_model(tokenizer, tmp_path / "data" / "general") == entry
+    assert demo.base_model(pipe, out, cache, tokenizer, tmp_path / "data" / "general") == entry
     assert pipe.times == {"pretrain base (cached)": 0.0}
 
     (tokenizer / "tokenizer.model").write_bytes(b"other pieces")  # another tokenizer: retrain
-    assert pipe.base_cache_entry(tokenizer) != entry
+    assert demo.base_cache_entry(cache, tokenizer) != entry
     with pytest.raises(AssertionError, match="ran stage 'init base model'"):
-        pipe.base_model(tokenizer, tmp_path / "data" / "general")
+        demo.base_model(pipe, out, cache, tokenizer, tmp_path / "data" / "general")
 
 
 def test_stage_reports_its_own_peak_memory_and_failure(tmp_path):
     """Peak RSS is the stage's own (neither the driver's nor an earlier stage's) and a failure
     names the log."""
     log = tmp_path / "log.txt"
-    pipe = quickstart.Pipeline(tmp_path, log=log)
+    pipe = stages.Stages(log=log)
     grab = "import sys; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096])"
     pipe.run("big", [sys.executable, "-c", grab, 300])
     pipe.run("small", [sys.executable, "-c", grab, 10])
     assert 300 < pipe.peak_rss_mib["big"] < 400
     assert pipe.peak_rss_mib["small"] < 100
-    with pytest.raises(
-        quickstart.QuickstartError, match=rf"'fails' failed \(exit code 3\); see {log}"
-    ):
+    with pytest.raises(stages.WorkflowError, match=rf"'fails' failed \(exit code 3\); see {log}"):
         pipe.run("fails", [sys.executable, "-c", "print('why'); raise SystemExit(3)"])
     assert "=== fails ===\nwhy\n--- fails: " in log.read_text()
 
@@ -81,8 +78,8 @@ def test_unwritable_output_directory_is_refused(tmp_path, monkeypatch):
     if os.geteuid() == 0:  # permissions do not stop root: let os.access answer as for a user
         real_access = os.access
         monkeypatch.setattr(
-            quickstart.os, "access", lambda p, m: Path(p) != locked and real_access(p, m)
+            stages.os, "access", lambda p, m: Path(p) != locked and real_access(p, m)
         )
-    with pytest.raises(quickstart.QuickstartError, match=f"^output directory {locked} is not"):
-        quickstart.check_output(locked / "new" / "out")
+    with pytest.raises(stages.WorkflowError, match=f"^output directory {locked} is not"):
+        stages.check_output(locked / "new" / "out", 0)
     assert list(locked.iterdir()) == []

@@ -21,6 +21,7 @@ def run(args):
         (["--importance-interval", "0"], ["--importance-interval=0"]),
         (["--mode", "no-stage1"], ["no-stage1", "--importance"]),
         (["--data-path", "/nonexistent/prefix"], ["/nonexistent/prefix"]),
+        (["--fp16"], ["--fp16 is not supported for training", "use --bf16"]),
     ],
 )
 def test_bad_flags(train_inputs, tmp_path, extra, fragments):

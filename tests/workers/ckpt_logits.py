@@ -12,7 +12,7 @@ import torch
 from common import sample_tokens, switch_layout
 
 from megatron_adept.checkpoint.mcore_io import load_model, save_model
-from megatron_adept.models.forward import full_logits
+from megatron_adept.models.pipeline import full_logits
 from megatron_adept.parallel import runtime
 
 LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2), "tp2_pp2": (2, 2)}

@@ -27,6 +27,6 @@ def run(job: dict) -> None:
 
 
 if __name__ == "__main__":
-    for job in json.loads(sys.argv[1]):
-        run(job)
-    runtime.teardown()
+    with runtime.single_process():
+        for job in json.loads(sys.argv[1]):
+            run(job)

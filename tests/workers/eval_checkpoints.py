@@ -52,16 +52,16 @@ def main() -> None:
     hf = root / "hf_base"
     build_hf_model("tiny-llama", seed=0, vocab_size=VOCAB).save_pretrained(hf)
     shutil.copy(tokenizer / "tokenizer.model", hf / "tokenizer.model")
-    convert_hf_to_mcore(hf, root / "base")
-    plan = from_layer_list(",".join(map(str, COPIED_LAYERS)), 4)
-    convert_hf_to_mcore(hf, root / "expanded", expansion=plan.layer_map())
-    derive(root / "expanded", root / "adapted_a", seed=1)
-    derive(root / "expanded", root / "adapted_b", seed=2)
-    derive(root / "expanded", root / "other_base", 1, "decoder.layers.0.mlp.linear_fc2.weight")
-    convert_mcore_to_hf(root / "base", root / "base_hf")
-    convert_mcore_to_hf(root / "adapted_a", root / "adapted_a_hf")
+    with runtime.single_process():
+        convert_hf_to_mcore(hf, root / "base")
+        plan = from_layer_list(",".join(map(str, COPIED_LAYERS)), 4)
+        convert_hf_to_mcore(hf, root / "expanded", expansion=plan.layer_map())
+        derive(root / "expanded", root / "adapted_a", seed=1)
+        derive(root / "expanded", root / "adapted_b", seed=2)
+        derive(root / "expanded", root / "other_base", 1, "decoder.layers.0.mlp.linear_fc2.weight")
+        convert_mcore_to_hf(root / "base", root / "base_hf")
+        convert_mcore_to_hf(root / "adapted_a", root / "adapted_a_hf")
     (root / "complete").touch()
-    runtime.teardown()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from common import arch_for, randomize, sample_tokens, switch_layout, write_resu
 from megatron_adept.checkpoint.mcore_io import load_model, save_model
 from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerMap
 from megatron_adept.models.builder import build_model
-from megatron_adept.models.forward import full_logits
+from megatron_adept.models.pipeline import full_logits
 from megatron_adept.parallel import runtime
 
 LAYOUTS = {

@@ -17,7 +17,7 @@ from megatron.core import parallel_state
 from megatron_adept.checkpoint.mcore_io import load_model, save_model
 from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerMap
 from megatron_adept.models.builder import build_model
-from megatron_adept.models.forward import MicroBatch
+from megatron_adept.models.pipeline import MicroBatch
 from megatron_adept.models.units import decoder_layers, layer_index
 from megatron_adept.optimizer.build import OptimizerSettings, build_optimizer, wrap_ddp
 from megatron_adept.parallel import runtime

@@ -19,8 +19,9 @@ from megatron_adept.importance.unit_importance import unit_importance
 from megatron_adept.models.units import decoder_layers, layer_index
 from megatron_adept.optimizer.build import wrap_ddp
 from megatron_adept.parallel import runtime
-from megatron_adept.probe import METHODS, probe_layers
+from megatron_adept.probe.config import METHODS
 from megatron_adept.probe.layer_importance import masking_probe
+from megatron_adept.probe.runner import probe_layers
 
 LAYOUTS = {"dp2": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 DDP_LAYERS = [2, 3]

@@ -14,7 +14,7 @@ from common import arch_for, randomize, switch_layout, write_result
 
 from megatron_adept.importance.unit_importance import unit_importance
 from megatron_adept.models.builder import build_model
-from megatron_adept.models.forward import MicroBatch, position_ids_like
+from megatron_adept.models.pipeline import MicroBatch, position_ids_like
 from megatron_adept.parallel import runtime
 
 SENTINEL = 3.0

@@ -25,7 +25,7 @@ from megatron_adept.data.datasets import (
     global_batches,
 )
 from megatron_adept.data.tokenizer import resolve_tokenizer
-from megatron_adept.models.forward import position_ids_like
+from megatron_adept.models.pipeline import position_ids_like
 from megatron_adept.parallel import runtime
 
 SEQ, GLOBAL_BATCH, BETAS, EPS = 16, 4, (0.9, 0.95), 1e-3
