@@ -49,9 +49,13 @@ def sentencepiece_tokenizer(directory: Path, vocab_size: int = 320) -> Path:
     return directory
 
 
-def hf_tokenizer(directory: Path) -> Path:
-    """A byte-level BPE tokenizer saved as a Hugging Face tokenizer directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def hf_tokenizer(directory: Path, bos: bool = False) -> Path:
+    """A byte-level BPE tokenizer saved as a Hugging Face tokenizer directory.
+
+    With ``bos`` it also defines ``<s>`` and, like Llama's and Mistral's, prepends it to every
+    text it encodes with special tokens; without, it has no BOS at all (like Qwen's).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
@@ -59,11 +63,16 @@ def hf_tokenizer(directory: Path) -> Path:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=["<eos>"],
+        special_tokens=["<eos>", "<s>"] if bos else ["<eos>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(random_texts(400, seed=2), trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>").save_pretrained(
-        directory
-    )
+    specials = {"eos_token": "<eos>"}
+    if bos:
+        bos_id = tokenizer.token_to_id("<s>")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
+        specials["bos_token"] = "<s>"
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **specials).save_pretrained(directory)
     return directory

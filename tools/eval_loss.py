@@ -28,14 +28,15 @@ def main() -> None:
     from megatron_adept.checkpoint.atomic import write_json_atomic
     from megatron_adept.checkpoint.mcore_io import load_model
     from megatron_adept.data.corpus import corpus_batches, load_corpus
-    from megatron_adept.data.tokenizer import resolve_tokenizer
+    from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
     from megatron_adept.eval.heldout_loss import heldout_loss
     from megatron_adept.parallel import runtime
     from megatron_adept.parallel.collectives import barrier
     from megatron_adept.parallel.log import setup_logging
 
     tokenizer = resolve_tokenizer(tokenizer_config.tokenizer, checkpoint.path)
-    corpora = {path: load_corpus(path, tokenizer) for path in config.data}
+    prefix = text_prefix(tokenizer, tokenizer_config.add_bos)
+    corpora = {path: load_corpus(path, tokenizer, prefix) for path in config.data}
     setup_logging()
     runtime.initialize(parallel)
     try:

@@ -37,7 +37,7 @@ def main() -> None:
 
     from megatron_adept.checkpoint.atomic import write_json_atomic
     from megatron_adept.checkpoint.mcore_io import load_model
-    from megatron_adept.data.tokenizer import resolve_tokenizer
+    from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
     from megatron_adept.eval.comparable import check_shared_vocabulary
     from megatron_adept.eval.multiple_choice import (
         comparison_table,
@@ -56,7 +56,12 @@ def main() -> None:
     check_shared_vocabulary(metas, tokenizer)
     max_positions = min(meta.arch.max_position_embeddings for meta in metas.values())
     prepared = prepare_items(
-        items, config.shots, tokenizer, max_positions + 1, config.questions_per_batch
+        items,
+        config.shots,
+        tokenizer,
+        max_positions + 1,
+        config.questions_per_batch,
+        text_prefix(tokenizer, tokenizer_config.add_bos),
     )
     setup_logging()
     logger.info(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from megatron_adept.checkpoint.atomic import atomic_output_dir, check_output_dir
 from megatron_adept.config.cli import REQUIRED, Command, arg, run_cli
-from megatron_adept.config.groups import OutputConfig, TokenizerConfig, seed_flag
+from megatron_adept.config.groups import OutputConfig, seed_flag, tokenizer_flag
 from megatron_adept.models.presets import PRESETS
 
 
@@ -18,22 +18,21 @@ from megatron_adept.models.presets import PRESETS
 class InitModelConfig:
     """Which architecture, initialised how."""
 
+    tokenizer: str = tokenizer_flag(REQUIRED)
     preset: str = arg("demo-llama", "Architecture preset.", choices=tuple(PRESETS))
     seed: int = seed_flag(0)
 
 
-COMMAND = Command(
-    __doc__, (InitModelConfig, TokenizerConfig, OutputConfig), defaults={"tokenizer": REQUIRED}
-)
+COMMAND = Command(__doc__, (InitModelConfig, OutputConfig))
 
 
 def main() -> None:
-    config, tokenizer_config, output = COMMAND.parse()
+    config, output = COMMAND.parse()
     check_output_dir(output.out, output.overwrite)
     from megatron_adept.data.tokenizer import load_tokenizer
     from megatron_adept.models.presets import build_hf_model
 
-    tokenizer = load_tokenizer(tokenizer_config.tokenizer)
+    tokenizer = load_tokenizer(config.tokenizer)
     model = build_hf_model(
         config.preset,
         seed=config.seed,

@@ -21,12 +21,12 @@ COMMAND = Command(__doc__, (PreprocessConfig, TokenizerConfig), defaults={"token
 def main() -> None:
     config, tokenizer_config = COMMAND.parse()
     from megatron_adept.data.preprocess import preprocess
-    from megatron_adept.data.tokenizer import load_tokenizer
+    from megatron_adept.data.tokenizer import load_tokenizer, text_prefix
     from megatron_adept.parallel.log import get_logger, setup_logging
 
     tokenizer = load_tokenizer(tokenizer_config.tokenizer)
     setup_logging()
-    summary = preprocess(config, tokenizer)
+    summary = preprocess(config, tokenizer, text_prefix(tokenizer, tokenizer_config.add_bos))
     rate = summary.tokens / max(summary.seconds, 1e-9)
     get_logger("preprocess_data").info(
         "wrote %s.bin/.idx: %d documents, %d tokens, %d windows in %.1fs (%.0f tokens/s)",

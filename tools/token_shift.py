@@ -35,7 +35,7 @@ def main() -> None:
 
     from megatron_adept.checkpoint.atomic import write_json_atomic
     from megatron_adept.data.corpus import corpus_batches, load_corpus
-    from megatron_adept.data.tokenizer import resolve_tokenizer
+    from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
     from megatron_adept.eval.comparable import check_shared_vocabulary
     from megatron_adept.eval.token_shift import plot_token_shift, token_shift
     from megatron_adept.parallel import runtime
@@ -45,7 +45,7 @@ def main() -> None:
     logger = get_logger("token_shift")
     tokenizer = resolve_tokenizer(tokenizer_config.tokenizer, base.path)
     check_shared_vocabulary({config.base: base.meta, config.adapted: adapted.meta}, tokenizer)
-    items = load_corpus(config.data, tokenizer)
+    items = load_corpus(config.data, tokenizer, text_prefix(tokenizer, tokenizer_config.add_bos))
     batches = corpus_batches(items, batch.seq_length, batch.micro_batch_size)
     setup_logging()
     runtime.initialize(parallel)

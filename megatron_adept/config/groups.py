@@ -62,14 +62,25 @@ class BatchConfig:
         require_positive(self, "seq_length", "micro_batch_size")
 
 
-@dataclass
-class TokenizerConfig:
-    """Which tokenizer turns raw text into token ids."""
-
-    tokenizer: str | None = arg(
-        None,
+def tokenizer_flag(default: Any = None) -> Any:
+    """``--tokenizer``: which tokenizer turns raw text into token ids."""
+    return arg(
+        default,
         "A sentencepiece .model file, or a directory holding a Hugging Face tokenizer or a "
         "tokenizer.model. Tools that read a checkpoint default to the tokenizer stored in it.",
+    )
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer turns raw text into token ids, and whether texts start with BOS."""
+
+    tokenizer: str | None = tokenizer_flag()
+    add_bos: bool = arg(
+        True,
+        "Start every document and every probe and evaluation item with the BOS token when the "
+        "tokenizer's own convention adds one (Llama 2/3 and Mistral tokenizers do, SmolLM2's "
+        "and Qwen's do not); --no-add-bos never adds it.",
     )
 
 

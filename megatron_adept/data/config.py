@@ -6,6 +6,7 @@ for how the blend is sampled); preprocessing options are those of ``tools/prepro
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,47 @@ from megatron_adept.data.windows import check_window
 from megatron_adept.errors import DataError
 
 INPUT_HELP = "Input JSONL (optionally .gz), one document per line."
+DATASET_INFO_SUFFIX = ".info.json"
+"""``PREFIX.info.json``: how the indexed dataset ``PREFIX`` was tokenized."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Contents of ``PREFIX.info.json``, written by ``tools/preprocess_data.py``."""
+
+    bos_id: int | None
+    """The BOS every document starts with, or None when documents start with text."""
+    eos_id: int
+    vocab_size: int
+    documents: int
+    tokens: int
+
+    @classmethod
+    def read(cls, prefix: str) -> DatasetInfo | None:
+        """The info of dataset ``prefix``; None for one preprocessed before it was recorded."""
+        path = Path(prefix + DATASET_INFO_SUFFIX)
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{path} is corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def blend_bos(prefixes: list[str]) -> bool | None:
+    """Whether the documents of every dataset in a blend start with BOS; refuses a mix.
+
+    None when no dataset recorded it (preprocessed before the choice was recorded).
+    """
+    recorded = {p: info.bos_id is not None for p in prefixes if (info := DatasetInfo.read(p))}
+    if len(set(recorded.values())) > 1:
+        with_bos = [p for p, bos in recorded.items() if bos]
+        without = [p for p, bos in recorded.items() if not bos]
+        raise DataError(
+            f"--data-path mixes datasets whose documents start with BOS ({', '.join(with_bos)}) "
+            f"and without ({', '.join(without)}); preprocess them alike (--add-bos)"
+        )
+    return next(iter(recorded.values()), None)
 
 
 def json_keys_flag() -> list[str]:
@@ -42,8 +84,9 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        parse_blend(self.data_path)
+        prefixes, _ = parse_blend(self.data_path)
         parse_split(self.split)
+        blend_bos(prefixes)
 
 
 def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
@@ -116,5 +159,6 @@ class PreprocessConfig:
         if existing and not self.overwrite:
             raise DataError(f"{existing[0]} exists (pass --overwrite to replace it)")
 
-    def output_paths(self) -> tuple[str, str]:
-        return f"{self.output_prefix}.bin", f"{self.output_prefix}.idx"
+    def output_paths(self) -> tuple[str, str, str]:
+        prefix = self.output_prefix
+        return f"{prefix}.bin", f"{prefix}.idx", f"{prefix}{DATASET_INFO_SUFFIX}"

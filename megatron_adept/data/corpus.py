@@ -16,6 +16,7 @@ padding never counts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,18 +37,28 @@ class CorpusItem:
     """Number of leading prompt tokens; targets start at ``ids[context]``."""
 
 
-def load_corpus(path: str | Path, tokenizer: Tokenizer) -> list[CorpusItem]:
-    """Tokenize every item of a probe/eval JSONL file, in file order."""
+def load_corpus(
+    path: str | Path, tokenizer: Tokenizer, prefix: Sequence[int] = ()
+) -> list[CorpusItem]:
+    """Tokenize every item of a probe/eval JSONL file, in file order.
+
+    Args:
+        path: the JSONL file.
+        tokenizer: encodes the texts.
+        prefix: ids every item starts with (BOS, see
+            :func:`~megatron_adept.data.tokenizer.text_prefix`); context, never a target.
+    """
+    prefix = list(prefix)
     items = []
     for number, item in read_jsonl(path):
         where = f"{path}:{number}"
         if "text" in item:
-            ids = tokenizer.encode(require_str(item, "text", where))
+            ids = prefix + tokenizer.encode(require_str(item, "text", where))
             if len(ids) < 2:
                 raise DataError(f"{where}: the text has fewer than two tokens (no target)")
-            items.append(CorpusItem(tuple(ids), 0))
+            items.append(CorpusItem(tuple(ids), len(prefix)))
         elif "prompt" in item and "answer" in item:
-            prompt = tokenizer.encode(require_str(item, "prompt", where))
+            prompt = prefix + tokenizer.encode(require_str(item, "prompt", where))
             answer = tokenizer.encode(require_str(item, "answer", where))
             if not answer:
                 raise DataError(f"{where}: the answer tokenizes to nothing")

@@ -13,6 +13,8 @@ only once complete: a failed run leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import multiprocessing
 import os
 import time
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-from megatron_adept.data.config import PreprocessConfig
+from megatron_adept.data.config import DATASET_INFO_SUFFIX, DatasetInfo, PreprocessConfig
 from megatron_adept.data.jsonl import parse_line, read_lines, require_str
 from megatron_adept.data.tokenizer import Tokenizer
 from megatron_adept.data.windows import window_spans
@@ -71,16 +73,22 @@ class DocumentEncoder:
     """One numbered JSONL line -> the token sequences it contributes to the dataset."""
 
     def __init__(
-        self, config: PreprocessConfig, tokenizer: Tokenizer, dtype: type[np.number]
+        self,
+        config: PreprocessConfig,
+        tokenizer: Tokenizer,
+        dtype: type[np.number],
+        prefix: list[int],
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.dtype = dtype
+        self.prefix = prefix
 
     def __call__(self, numbered_line: tuple[int, str]) -> list[np.ndarray]:
         number, line = numbered_line
         where = f"{self.config.input}:{number}"
-        ids = self.tokenizer.encode(document_text(parse_line(line, where), self.config, where))
+        text = document_text(parse_line(line, where), self.config, where)
+        ids = self.prefix + self.tokenizer.encode(text)
         if self.config.window is None:
             spans = [(0, len(ids))]
         else:
@@ -144,23 +152,28 @@ def _write(
 def preprocess(
     config: PreprocessConfig,
     tokenizer: Tokenizer,
+    prefix: list[int] | None = None,
     on_progress: Callable[[str], None] = logger.info,
 ) -> PreprocessSummary:
-    """Tokenize ``config.input`` into ``config.output_prefix``.bin/.idx.
+    """Tokenize ``config.input`` into ``config.output_prefix``.bin/.idx/.info.json.
 
     Args:
         config: input, output and document format.
         tokenizer: encodes the documents; its EOS ends every stored sequence.
+        prefix: ids every document starts with (BOS, see
+            :func:`~megatron_adept.data.tokenizer.text_prefix`); recorded in the
+            ``.info.json`` beside the dataset, so that datasets with and without never mix.
         on_progress: receives a progress line (documents, tokens, rates) every few seconds.
 
     Returns:
         Counts of what was written.
     """
+    prefix = list(prefix or [])
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    encoder = DocumentEncoder(config, tokenizer, dtype)
-    prefix = Path(config.output_prefix)
-    tmp = prefix.parent / f".{prefix.name}.tmp-{os.getpid()}"
-    tmp_bin, tmp_idx = f"{tmp}.bin", f"{tmp}.idx"
+    encoder = DocumentEncoder(config, tokenizer, dtype, prefix)
+    output = Path(config.output_prefix)
+    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    tmp_bin, tmp_idx, tmp_info = f"{tmp}.bin", f"{tmp}.idx", f"{tmp}{DATASET_INFO_SUFFIX}"
     builder = IndexedDatasetBuilder(tmp_bin, dtype=dtype)
     try:
         with closing(_encoded_documents(encoder, config.workers)) as documents:
@@ -168,11 +181,18 @@ def preprocess(
         if summary.documents == 0:
             raise DataError(f"input file {config.input!r} holds no documents")
         builder.finalize(tmp_idx)
-        bin_path, idx_path = config.output_paths()
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
+        info = DatasetInfo(
+            bos_id=prefix[0] if prefix else None,
+            eos_id=tokenizer.eos_id,
+            vocab_size=tokenizer.vocab_size,
+            documents=summary.documents,
+            tokens=summary.tokens,
+        )
+        Path(tmp_info).write_text(json.dumps(dataclasses.asdict(info), indent=1) + "\n")
+        for tmp_path, path in zip((tmp_bin, tmp_idx, tmp_info), config.output_paths(), strict=True):
+            os.replace(tmp_path, path)
     finally:
         builder.data_file.close()
-        for path in (tmp_bin, tmp_idx):
+        for path in (tmp_bin, tmp_idx, tmp_info):
             Path(path).unlink(missing_ok=True)
     return summary

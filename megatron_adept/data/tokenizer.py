@@ -26,6 +26,9 @@ class Tokenizer(Protocol):
     """Number of token ids (the largest id plus one), including added special tokens."""
     eos_id: int
     bos_id: int | None
+    adds_bos: bool
+    """The tokenizer's own convention starts every text with ``bos_id`` (Llama, Mistral): the
+    model was pretrained on texts that begin so."""
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without any special tokens."""
@@ -51,6 +54,7 @@ class SentencePieceTokenizer:
         self.vocab_size = self._sp.get_piece_size()
         self.eos_id = self._sp.eos_id()
         self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.adds_bos = False  # a bare sentencepiece model encodes texts as they are
         if self.eos_id < 0:
             raise DataError(f"sentencepiece model {str(model_file)!r} defines no EOS token")
 
@@ -85,6 +89,12 @@ class HFTokenizer:
             raise DataError(f"tokenizer in {str(directory)!r} defines no EOS token")
         self.eos_id = int(self._tok.eos_token_id)
         self.bos_id = None if self._tok.bos_token_id is None else int(self._tok.bos_token_id)
+        with_specials = self._tok.encode("a")
+        self.adds_bos = (
+            self.bos_id is not None
+            and with_specials[:1] == [self.bos_id]
+            and self.encode("a")[:1] != [self.bos_id]
+        )
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)
@@ -94,6 +104,12 @@ class HFTokenizer:
 
     def save(self, directory: str | Path) -> None:
         copy_tokenizer_files(self.directory, Path(directory))
+
+
+def text_prefix(tokenizer: Tokenizer, add_bos: bool = True) -> list[int]:
+    """The ids every document and item starts with: ``[bos]`` where the tokenizer's convention
+    adds it (and ``add_bos``, the ``--add-bos`` flag, allows it), else none."""
+    return [tokenizer.bos_id] if add_bos and tokenizer.adds_bos else []
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,18 @@ def build_prompt(item: Item, exemplars: list[Item]) -> str:
 
 
 def encode_choices(
-    item: Item, exemplars: list[Item], tokenizer: Tokenizer, max_length: int
+    item: Item,
+    exemplars: list[Item],
+    tokenizer: Tokenizer,
+    max_length: int,
+    prefix: Sequence[int] = (),
 ) -> list[CorpusItem]:
-    """One token sequence per choice, prompt then choice, at most ``max_length`` tokens.
+    """One token sequence per choice, ``prefix`` (BOS), prompt, then choice, at most
+    ``max_length`` tokens; a prompt too long loses its oldest tokens, never the prefix.
 
     ``CorpusItem.context`` is the number of prompt tokens: the targets after it are the choice.
     """
+    prefix = list(prefix)
     prompt = tokenizer.encode(build_prompt(item, exemplars))
     if not prompt:
         raise DataError(f"line {item.line}: the prompt tokenizes to nothing")
@@ -150,12 +157,12 @@ def encode_choices(
         ids = tokenizer.encode(" " + choice)
         if not ids:
             raise DataError(f"line {item.line}: choice {number} tokenizes to nothing")
-        if len(ids) >= max_length:
+        if len(prefix) + len(ids) >= max_length:
             raise DataError(
                 f"line {item.line}: choice {number} has {len(ids)} tokens, too many for the "
                 f"model's {max_length - 1} positions"
             )
-        context = prompt[max(len(prompt) + len(ids) - max_length, 0) :]
+        context = prefix + prompt[max(len(prefix) + len(prompt) + len(ids) - max_length, 0) :]
         sequences.append(CorpusItem(tuple(context + ids), len(context)))
     return sequences
 
@@ -196,10 +203,13 @@ def prepare_items(
     tokenizer: Tokenizer,
     max_length: int,
     questions_per_batch: int,
+    prefix: Sequence[int] = (),
 ) -> PreparedItems:
     """Split off the exemplars, tokenize every choice, and group questions (shortest first)."""
     scored, exemplars = split_few_shot(items, shots)
-    encoded = [encode_choices(it, exemplars[it.subject], tokenizer, max_length) for it in scored]
+    encoded = [
+        encode_choices(it, exemplars[it.subject], tokenizer, max_length, prefix) for it in scored
+    ]
     order = sorted(range(len(encoded)), key=lambda q: (max(len(s.ids) for s in encoded[q]), q))
     batches = []
     for start in range(0, len(order), questions_per_batch):

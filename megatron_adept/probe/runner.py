@@ -19,7 +19,7 @@ from megatron_adept.data.corpus import (
     counted_tokens,
     load_corpus,
 )
-from megatron_adept.data.tokenizer import resolve_tokenizer
+from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
 from megatron_adept.errors import AdeptError, DataError
 from megatron_adept.importance.unit_importance import importance_from_gradient, loss_gradient
 from megatron_adept.models.pipeline import MicroBatch
@@ -101,7 +101,9 @@ def load_probe_batches(
     check_output_file(config.out, "--out")
     if config.plot is not None:
         check_output_file(config.plot, "--plot")
-    items = load_corpus(config.probe_data, resolve_tokenizer(tokenizer.tokenizer, checkpoint.path))
+    text_tokenizer = resolve_tokenizer(tokenizer.tokenizer, checkpoint.path)
+    prefix = text_prefix(text_tokenizer, tokenizer.add_bos)
+    items = load_corpus(config.probe_data, text_tokenizer, prefix)
     source = tokenizer.tokenizer or f"stored in {checkpoint.path}"
     check_vocabulary(items, checkpoint.meta.arch.vocab_size, source)
     batches = corpus_batches(items, batch.seq_length, batch.micro_batch_size)

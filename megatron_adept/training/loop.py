@@ -14,12 +14,13 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_adept.checkpoint.mcore_io import load_model_weights
 from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.checkpoint.resolve import resolve_load
+from megatron_adept.data.config import blend_bos, parse_blend
 from megatron_adept.data.corpus import check_vocabulary, corpus_batches, load_corpus
 from megatron_adept.data.datasets import (
     build_train_valid_test_datasets,
     global_batches,
 )
-from megatron_adept.data.tokenizer import resolve_tokenizer
+from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
 from megatron_adept.errors import DataError, TrainingError
 from megatron_adept.importance.unit_importance import unit_importance
 from megatron_adept.models.builder import build_model
@@ -59,7 +60,15 @@ def load_probe_batches(config: RunConfig, weights_dir: Path, vocab_size: int) ->
     if config.adept.probe_data is None:
         raise DataError(f"--mode {config.adept.mode} needs --probe-data (the general corpus)")
     tokenizer = resolve_tokenizer(config.tokenizer.tokenizer, weights_dir)
-    items = load_corpus(config.adept.probe_data, tokenizer)
+    prefix = text_prefix(tokenizer, config.tokenizer.add_bos)
+    data_bos = blend_bos(parse_blend(config.data.data_path)[0])
+    if data_bos is not None and data_bos != bool(prefix):
+        raise DataError(
+            f"the training data was preprocessed {'with' if data_bos else 'without'} BOS, but "
+            f"the probe corpus would be encoded {'with' if prefix else 'without'} it; use the "
+            "same tokenizer and --add-bos setting for both"
+        )
+    items = load_corpus(config.adept.probe_data, tokenizer, prefix)
     source = config.tokenizer.tokenizer or f"stored in {weights_dir}"
     check_vocabulary(items, vocab_size, source)
     return corpus_batches(items, config.batch.seq_length, config.batch.micro_batch_size)
