@@ -27,7 +27,9 @@ from megatron_adept.errors import AdeptError
 from megatron_adept.expansion.plan import ConvertExpansion
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.parallel import runtime
-from megatron_adept.parallel.log import setup_logging
+from megatron_adept.parallel.log import get_logger, setup_logging
+
+logger = get_logger(__name__)
 
 
 def main() -> None:
@@ -44,6 +46,8 @@ def main() -> None:
         else:
             plan = expansion.plan(ModelArch.from_hf_dir(config.hf_dir).num_layers)
             layer_map = None if plan is None else plan.layer_map()
+            if plan is not None:
+                logger.info("copies of layers %s (%s)", list(plan.selected), plan.how)
             convert_hf_to_mcore(
                 config.hf_dir, config.out, config.dtype, layer_map, config.overwrite
             )

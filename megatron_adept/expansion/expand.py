@@ -78,5 +78,5 @@ def expand_checkpoint(
     with checkpoint_output_dir(out, overwrite) as tmp:
         save_whole_model(model, tmp, new_meta)
         copy_files(side_files, tmp / TOKENIZER_DIR, SIDE_FILES)
-    logger.info("wrote %s: copies of layers %s", out, list(plan.selected))
+    logger.info("wrote %s: copies of layers %s (%s)", out, list(plan.selected), plan.how)
     return new_meta

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.config.cli import arg
 from megatron_adept.errors import CheckpointError, ConfigError
+from megatron_adept.importance.unit_importance import UNIT_IMPORTANCE
+from megatron_adept.optimizer.unit_lr import UNIT_LR_RULES
 from megatron_adept.training.modes import MODES
+
+COPY_IMPORTANCE = ("source", "own")
+"""Values of ``--copy-importance``."""
 
 
 @dataclass
@@ -159,7 +164,28 @@ class AdeptConfig:
         None, "Stage-1 importance.json whose 'selected' layers train in --mode no-stage1."
     )
     importance_interval: int = arg(500, "Recompute unit importance every this many steps.")
-    adept_lr_floor: float = arg(0.0, "Lower bound of a unit's lr multiplier 2(1-I).")
+    adept_lr_floor: float = arg(
+        0.0, "Lower bound of a unit's lr multiplier (at most 1 with --unit-lr-rule affine-optimal)."
+    )
+    unit_importance: str = arg(
+        "abs-gradient",
+        "Unit importance estimator: abs-gradient (mean |θ·∂L/∂θ| of the probe-corpus gradient) "
+        "or authors (the authors' code: mean over probe micro-batches of |θ|·|∂L_b/∂θ|).",
+        choices=tuple(UNIT_IMPORTANCE),
+    )
+    unit_lr_rule: str = arg(
+        "linear",
+        "Importance -> lr multiplier: linear (the paper's 2(1 - I), I min-max normalised) or "
+        "affine-optimal (App. F.3: 1 - c(I - size-weighted mean I), size-weighted mean 1).",
+        choices=UNIT_LR_RULES,
+    )
+    copy_importance: str = arg(
+        "source",
+        "Importance of a copy that is still function-preserving (zero o_proj and down_proj, so "
+        "all its units score 0): source (the same units of the layer it was copied from, "
+        "measured on the expanded model) or own (its own scores).",
+        choices=COPY_IMPORTANCE,
+    )
     tokenizer: str | None = arg(
         None, "Tokenizer for the probe corpus (default: the one stored beside --load)."
     )
@@ -171,6 +197,22 @@ class AdeptConfig:
             raise ConfigError(f"--importance-interval={self.importance_interval} must be > 0")
         if not 0.0 <= self.adept_lr_floor <= 2.0:
             raise ConfigError(f"--adept-lr-floor={self.adept_lr_floor} must be in [0, 2]")
+        if self.unit_lr_rule == "affine-optimal" and self.adept_lr_floor > 1.0:
+            raise ConfigError(
+                f"--adept-lr-floor={self.adept_lr_floor} must be <= 1 with --unit-lr-rule "
+                "affine-optimal (its size-weighted mean multiplier is 1)"
+            )
+        choices = {
+            "unit_importance": tuple(UNIT_IMPORTANCE),
+            "unit_lr_rule": UNIT_LR_RULES,
+            "copy_importance": COPY_IMPORTANCE,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of "
+                    f"{', '.join(allowed)}"
+                )
 
 
 def validate_batch(training: TrainingConfig, data_parallel_size: int) -> None:

@@ -23,6 +23,8 @@ forward pass and a zero-filled send.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ class TrainPlan:
     layers: tuple[int, ...] | None
     """0-based decoder layers that train; None trains every parameter."""
     decoupled: bool
-    """Units get 2(1-I) lr multipliers (refreshed from the probe corpus)."""
+    """Units get decoupled lr multipliers (``--unit-lr-rule``), refreshed from the probe corpus."""
 
     @property
     def lowest_layer(self) -> int | None:
@@ -148,3 +150,19 @@ def stop_backward_below(model: torch.nn.Module, plan: TrainPlan) -> list:
 
         handles.append(gpt.decoder.register_forward_hook(link_input))
     return handles
+
+
+@contextmanager
+def backward_unstopped(model: torch.nn.Module, plan: TrainPlan, handles: list) -> Iterator[None]:
+    """Lift the hooks of :func:`stop_backward_below` (``handles``, as it returned them) for the
+    duration, then install them again into the same list.
+
+    For gradients w.r.t. frozen layers below the lowest trainable one (the source layers of
+    function-preserving copies), which the hooks would cut off at a stage boundary.
+    """
+    for handle in handles:
+        handle.remove()
+    try:
+        yield
+    finally:
+        handles[:] = stop_backward_below(model, plan)
