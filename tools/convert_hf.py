@@ -33,7 +33,7 @@ def main() -> None:
         num_layers = ModelArch.from_hf_dir(config.hf_dir).num_layers
         plan = None if selection.mode is None else selection.plan(num_layers)
     from megatron_adept.checkpoint.convert import convert_hf_to_mcore, convert_mcore_to_hf
-    from megatron_adept.parallel.log import setup_logging
+    from megatron_adept.parallel.log import get_logger, setup_logging
 
     setup_logging()
     if config.to_hf:
@@ -42,6 +42,8 @@ def main() -> None:
         )
     else:
         layer_map = None if plan is None else plan.layer_map()
+        if plan is not None:
+            get_logger("convert_hf").info("copies of layers %s (%s)", list(plan.selected), plan.how)
         convert_hf_to_mcore(config.hf_dir, config.out, config.dtype, layer_map, config.overwrite)
 
 

@@ -6,9 +6,12 @@
 Each selected layer (0-based) gets a copy inserted right after it; the copy's attention output
 projection and MLP down projection are zero and everything else is an exact copy, so the
 expanded model computes exactly what the original did. The layer map in adept_meta.json
-records which layers are copies. --uniform is LLaMA-Pro's placement of k copies spread over
-the depth. --load may be a training --save directory (its latest checkpoint). Runs in one
-process, in host memory on the CPU whatever the node; holds one copy of the expanded model.
+records which layers are copies. --uniform is LLaMA-Pro's placement: a copy after every
+(L // k)-th layer (L/k-1, 2L/k-1, ..., L-1 when k divides L; 6, 13, 20, 27 for L=30, k=4),
+spread evenly where that rule does not give k copies; the log and the provenance in
+adept_meta.json say which rule placed them. --load may be a training --save directory (its
+latest checkpoint). Runs in one process, in host memory on the CPU whatever the node; holds
+one copy of the expanded model.
 """
 
 from dataclasses import dataclass

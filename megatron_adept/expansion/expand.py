@@ -27,6 +27,9 @@ from megatron_adept.errors import AdeptError, CheckpointError
 from megatron_adept.expansion.plan import ExpansionPlan
 from megatron_adept.models.builder import build_model
 from megatron_adept.parallel import runtime
+from megatron_adept.parallel.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def expand_checkpoint(
@@ -71,4 +74,6 @@ def expand_checkpoint(
         load_model_weights(model, load, {new: old for old, new in positions.items()})
         initialize_copies(model, layer_map)
         side_files = meta.tokenizer_path(load) or load / TOKENIZER_DIR
-        return write_checkpoint(model, out, new_meta, side_files, overwrite)
+        new_meta = write_checkpoint(model, out, new_meta, side_files, overwrite)
+    logger.info("copies of layers %s (%s)", list(plan.selected), plan.how)
+    return new_meta

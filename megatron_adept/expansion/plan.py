@@ -72,14 +72,28 @@ def from_importance(path: str | Path, k: int, num_layers: int) -> ExpansionPlan:
 
 
 def uniform(k: int, num_layers: int, flag: str = "--k") -> ExpansionPlan:
-    """LLaMA-Pro placement: copies of layers L/k-1, 2L/k-1, ..., L-1 (0-based)."""
+    """LLaMA-Pro's placement of ``k`` copies in ``num_layers`` = L layers; ``how`` names the rule.
+
+    LLaMA-Pro's expansion script copies layer i whenever (i + 1) is a multiple of
+    split = L // k. That gives exactly k copies, layers split - 1, 2 split - 1, ..., k split - 1,
+    whenever L // split == k: always when k divides L (copies L/k - 1, ..., L - 1), and also
+    e.g. for L = 30, k = 4 (split 7: copies 6, 13, 20, 27). Where it gives more than k copies
+    (L = 30, k = 8: split 3 would make 10), the copies are spread evenly instead: the last layer
+    of each of k consecutive groups whose sizes differ by at most one, i.e. layers
+    floor((j + 1) L / k) - 1 for j = 0..k-1 (L = 30, k = 8: 2, 6, 10, 14, 17, 21, 25, 29).
+    """
     _check_k(k, num_layers, flag)
-    if num_layers % k:
-        raise AdeptError(
-            f"uniform expansion needs k to divide the layer count: {num_layers} % {k} != 0"
+    split = num_layers // k
+    if num_layers // split == k:
+        selected = tuple(split * (j + 1) - 1 for j in range(k))
+        how = f"uniform k={k}: LLaMA-Pro's rule, a copy after every {split} layers"
+    else:
+        selected = tuple((j + 1) * num_layers // k - 1 for j in range(k))
+        how = (
+            f"uniform k={k}: even spread, the last layer of each of {k} near-equal groups "
+            f"(LLaMA-Pro's copy after every {split} layers would make {num_layers // split})"
         )
-    step = num_layers // k
-    return ExpansionPlan(tuple(step * (j + 1) - 1 for j in range(k)), num_layers, f"uniform k={k}")
+    return ExpansionPlan(selected, num_layers, how)
 
 
 @dataclass
@@ -95,7 +109,11 @@ class ExpansionSelection:
     expand_layers: str | None = arg(None, "The same as --layers.")
     importance: str | None = importance_flag()
     k: int | None = k_flag()
-    uniform: bool = arg(False, "LLaMA-Pro's placement of --k copies, spread over the depth.")
+    uniform: bool = arg(
+        False,
+        "LLaMA-Pro placement of --k copies: a copy after every (L // k)-th layer (L/k-1, "
+        "2L/k-1, ..., L-1 when k divides L), spread evenly where that does not give k copies.",
+    )
     uniform_expand: int | None = arg(None, "The same as --uniform --k K.")
 
     def __post_init__(self) -> None:

@@ -1,10 +1,18 @@
-"""Unit importance I_U = mean |θ·∂L/∂θ| over each unit's elements (ADEPT Sec. 3.2, Fig. 2).
+"""Unit importance I_U per unit (ADEPT Sec. 3.2, Fig. 2), by one of two estimators.
 
-L is the probe loss: the mean over every counted token of the probe corpus. Its gradient is
-the sum of the micro-batch gradients over all data-parallel ranks, so I_U does not depend on
-the micro-batch size or on the parallel layout. Tensor-parallel shards of a unit add their
-sums and element counts (replicated norms count once); pipeline stages exchange their layers,
-so every rank returns every layer.
+* ``abs-gradient`` (:func:`unit_importance`): I_U = mean |θ·∂L/∂θ| over the unit's elements,
+  L the probe loss: the mean over every counted token of the probe corpus. Its gradient is the
+  sum of the micro-batch gradients over all data-parallel ranks, so I_U does not depend on the
+  micro-batch size or on the parallel layout.
+* ``authors`` (:func:`batch_unit_importance`), the estimator of the authors' code:
+  I_U = mean over probe batches b of mean |θ|·|∂L_b/∂θ|. A probe batch is one probe
+  micro-batch (``--micro-batch-size`` items, in corpus order) and L_b its mean loss over its
+  counted tokens. Absolute per-batch gradients do not cancel between batches as the corpus
+  gradient's terms can, so the value depends on the micro-batch size, but not on the tensor,
+  pipeline or data-parallel layout (each data-parallel rank scores whole batches of its share).
+
+Tensor-parallel shards of a unit add their sums and element counts (replicated norms count
+once); pipeline stages exchange their layers, so every rank returns every layer.
 
 Stage 2 recomputes I_U during training, so :func:`unit_importance` leaves the model as it
 found it: gradients come from ``torch.autograd.grad`` (never ``.grad`` or megatron DDP's
@@ -15,13 +23,14 @@ training mode is restored afterwards. The probe corpus is passed in; no training
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from megatron.core import parallel_state
 
 from megatron_adept.data.corpus import counted_tokens
+from megatron_adept.importance.config import ESTIMATORS
 from megatron_adept.models.pipeline import (
     MicroBatch,
     PipelineStage,
@@ -93,10 +102,15 @@ class LossGradient:
         return torch.stack([elements(unit).double().sum() for unit in self.slices])
 
 
-def requested_units(model: torch.nn.Module, only_trainable: bool) -> list[UnitSlice]:
-    """This stage's units; with ``only_trainable``, those whose parameter requires grad."""
+def requested_units(
+    model: torch.nn.Module, only_trainable: bool, layers: Collection[int] | None = None
+) -> list[UnitSlice]:
+    """This stage's units; with ``only_trainable``, those whose parameter requires grad; with
+    ``layers``, those of these global layers only."""
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     units = model_units(model, tp_size)
+    if layers is not None:
+        units = [u for u in units if u.layer in layers]
     return [u for u in units if u.param.requires_grad] if only_trainable else units
 
 
@@ -111,14 +125,16 @@ def loss_gradient(
     model: torch.nn.Module,
     batches: Sequence[MicroBatch],
     only_trainable: bool = False,
+    layers: Collection[int] | None = None,
 ) -> LossGradient:
-    """The probe loss and its gradient w.r.t. every unit (or every trainable unit).
+    """The probe loss and its gradient w.r.t. every unit (or every trainable unit, or every
+    unit of ``layers``).
 
     Collective over the whole world. ``batches`` must be identical on every rank; each
     data-parallel rank processes its share.
     """
     total = counted_tokens(list(batches))
-    units = requested_units(model, only_trainable)
+    units = requested_units(model, only_trainable, layers)
     params = unique_params(units)
     grads = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}
     loss_sum = torch.zeros((), dtype=torch.float64, device=comm_device())
@@ -192,6 +208,7 @@ def unit_importance(
     model: torch.nn.Module,
     batches: Sequence[MicroBatch],
     only_trainable: bool = False,
+    layers: Collection[int] | None = None,
 ) -> UnitImportance:
     """I_U = mean |θ·∂L/∂θ| for every unit (Stage 1) or every trainable unit (Stage 2).
 
@@ -205,8 +222,10 @@ def unit_importance(
             identical on every rank.
         only_trainable: score only units whose parameters require grad (Stage 2 trains a few
             copied layers); the backward pass then stops at the lowest of them.
+        layers: score only the units of these 0-based global layers (frozen ones included
+            unless ``only_trainable``); the backward pass stops at the lowest of them.
     """
-    gradient = loss_gradient(model, batches, only_trainable)
+    gradient = loss_gradient(model, batches, only_trainable, layers)
     return importance_from_gradient(gradient)
 
 
@@ -216,3 +235,55 @@ def importance_from_gradient(gradient: LossGradient) -> UnitImportance:
     return UnitImportance(
         unit_totals(gradient.slices, sums), gradient.loss, gradient.counted_tokens
     )
+
+
+def batch_unit_importance(
+    model: torch.nn.Module,
+    batches: Sequence[MicroBatch],
+    only_trainable: bool = False,
+    layers: Collection[int] | None = None,
+) -> UnitImportance:
+    """The authors' estimator: I_U = mean over probe micro-batches b of mean |θ|·|∂L_b/∂θ|.
+
+    L_b is micro-batch b's mean loss over its counted tokens. Collective over the whole world,
+    with the arguments and guarantees of :func:`unit_importance`.
+    """
+    units = requested_units(model, only_trainable, layers)
+    params = unique_params(units)
+    sums = torch.zeros(len(units), dtype=torch.float64, device=comm_device())
+    loss_sum = torch.zeros((), dtype=torch.float64, device=comm_device())
+    with eval_mode(model):
+        stage = PipelineStage(model)
+        share = data_parallel_share(batches)
+        steps = micro_batch_gradients(stage, share, params)
+        for batch, (step, batch_loss) in zip(share, steps, strict=True):
+            if units:  # L_b = loss sum / tokens, so |∂L_b/∂θ| = |∂(loss sum)/∂θ| / tokens
+                grads = dict(zip(map(id, params), step, strict=True))
+                sums += _magnitude_sums(units, grads) / max(counted_tokens([batch]), 1)
+            if batch_loss is not None:
+                loss_sum += batch_loss.double()
+    total = counted_tokens(list(batches))
+    loss = last_stage_totals(loss_sum.reshape(1), (1,)).item() / max(total, 1)
+    stats = unit_totals(units, sums / max(len(batches), 1), sum_over_data_parallel=True)
+    return UnitImportance(stats, loss, total)
+
+
+def _magnitude_sums(units: Sequence[UnitSlice], grads: dict[int, torch.Tensor]) -> torch.Tensor:
+    """float64 ``[len(units)]``: Σ |θ|·|g| over each unit slice (``grads`` by ``id(param)``)."""
+    return torch.stack(
+        [
+            (
+                unit.values(unit.param.detach()).float().abs()
+                * unit.values(grads[id(unit.param)]).abs()
+            )
+            .double()
+            .sum()
+            for unit in units
+        ]
+    )
+
+
+UNIT_IMPORTANCE: dict[str, Callable[..., UnitImportance]] = dict(
+    zip(ESTIMATORS, (unit_importance, batch_unit_importance), strict=True)
+)
+"""The estimators of ``--unit-importance``, by flag value (same signature)."""

@@ -501,3 +501,19 @@ def stop_backward_below(model: torch.nn.Module, lowest: int | None) -> list:
 
         handles.append(gpt.decoder.register_forward_hook(link_input))
     return handles
+
+
+@contextmanager
+def backward_unstopped(model: torch.nn.Module, lowest: int | None, handles: list) -> Iterator[None]:
+    """Lift the hooks of :func:`stop_backward_below` (``handles``, as it returned them) for
+    the duration, then install them again into the same list.
+
+    For gradients w.r.t. frozen layers below the lowest trainable one (the source layers of
+    function-preserving copies), which the hooks would cut off at a stage boundary.
+    """
+    for handle in handles:
+        handle.remove()
+    try:
+        yield
+    finally:
+        handles[:] = stop_backward_below(model, lowest)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from megatron_adept.config.cli import arg
 from megatron_adept.errors import ConfigError
 
+UNIT_LR_RULES = ("linear", "affine-optimal")
+"""Values of ``--unit-lr-rule`` (see :mod:`megatron_adept.optimizer.unit_lr`)."""
+
 
 @dataclass
 class OptimizerSettings:

@@ -22,7 +22,8 @@ from megatron_adept.config.groups import (
 from megatron_adept.config.parallel import ParallelConfig, PrecisionConfig
 from megatron_adept.data.config import DataConfig
 from megatron_adept.errors import CheckpointError, ConfigError
-from megatron_adept.optimizer.config import OptimizerSettings
+from megatron_adept.importance.config import ESTIMATORS
+from megatron_adept.optimizer.config import UNIT_LR_RULES, OptimizerSettings
 
 if TYPE_CHECKING:
     from megatron_adept.checkpoint.metadata import CheckpointMeta
@@ -31,6 +32,9 @@ MODES = ("adept", "pt-full", "llama-pro", "no-stage1", "no-stage2")
 """What ``--mode`` can train (see :mod:`megatron_adept.training.modes`)."""
 RUN_CONFIG_FILE = "run_config.json"
 """The resolved configuration, saved in every training checkpoint."""
+
+COPY_IMPORTANCE = ("source", "own")
+"""Values of ``--copy-importance``."""
 
 
 @dataclass
@@ -162,7 +166,28 @@ class AdeptConfig:
     probe_data: str | None = probe_data_flag(None)
     importance: str | None = importance_flag()
     importance_interval: int = arg(500, "Recompute unit importance every this many steps.")
-    adept_lr_floor: float = arg(0.0, "Lower bound of a unit's lr multiplier 2(1-I).")
+    adept_lr_floor: float = arg(
+        0.0, "Lower bound of a unit's lr multiplier (at most 1 with --unit-lr-rule affine-optimal)."
+    )
+    unit_importance: str = arg(
+        "abs-gradient",
+        "Unit importance estimator: abs-gradient (mean |θ·∂L/∂θ| of the probe-corpus gradient) "
+        "or authors (the authors' code: mean over probe micro-batches of |θ|·|∂L_b/∂θ|).",
+        choices=ESTIMATORS,
+    )
+    unit_lr_rule: str = arg(
+        "linear",
+        "Importance -> lr multiplier: linear (the paper's 2(1 - I), I min-max normalised) or "
+        "affine-optimal (App. F.3: 1 - c(I - size-weighted mean I), size-weighted mean 1).",
+        choices=UNIT_LR_RULES,
+    )
+    copy_importance: str = arg(
+        "source",
+        "Importance of a copy that is still function-preserving (zero o_proj and down_proj, so "
+        "all its units score 0): source (the same units of the layer it was copied from, "
+        "measured on the expanded model) or own (its own scores).",
+        choices=COPY_IMPORTANCE,
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -170,6 +195,22 @@ class AdeptConfig:
         require_positive(self, "importance_interval")
         if not 0.0 <= self.adept_lr_floor <= 2.0:
             raise ConfigError(f"--adept-lr-floor={self.adept_lr_floor} must be in [0, 2]")
+        if self.unit_lr_rule == "affine-optimal" and self.adept_lr_floor > 1.0:
+            raise ConfigError(
+                f"--adept-lr-floor={self.adept_lr_floor} must be <= 1 with --unit-lr-rule "
+                "affine-optimal (its size-weighted mean multiplier is 1)"
+            )
+        choices = {
+            "unit_importance": ESTIMATORS,
+            "unit_lr_rule": UNIT_LR_RULES,
+            "copy_importance": COPY_IMPORTANCE,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; choose one of "
+                    f"{', '.join(allowed)}"
+                )
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -22,17 +23,11 @@ from megatron_adept.data.datasets import (
 )
 from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
 from megatron_adept.errors import DataError, TrainingError
-from megatron_adept.importance.unit_importance import unit_importance
 from megatron_adept.models.builder import build_model
-from megatron_adept.models.pipeline import MicroBatch, stop_backward_below
-from megatron_adept.models.units import model_units
+from megatron_adept.models.pipeline import MicroBatch, backward_unstopped, stop_backward_below
+from megatron_adept.models.units import UnitKey, model_units
 from megatron_adept.optimizer.build import build_optimizer, wrap_ddp
-from megatron_adept.optimizer.unit_lr import (
-    AdeptState,
-    UnitKey,
-    decoupled_multipliers,
-    uniform_multipliers,
-)
+from megatron_adept.optimizer.unit_lr import AdeptState, uniform_multipliers
 from megatron_adept.optimizer.update_scaling import UnitUpdateScaling
 from megatron_adept.parallel.collectives import all_gather_objects
 from megatron_adept.parallel.log import get_logger
@@ -51,6 +46,7 @@ from megatron_adept.training.metrics import (
 )
 from megatron_adept.training.modes import TrainPlan, apply_plan, plan_for_mode
 from megatron_adept.training.step import StepResult, train_step
+from megatron_adept.training.unit_refresh import refresh_unit_lrs
 
 logger = get_logger(__name__)
 
@@ -189,19 +185,24 @@ class Trainer:
     def refresh_importance(self) -> None:
         """Recompute I_U on the probe corpus and install the new multipliers.
 
-        ``unit_importance`` never writes DDP's gradient buffers or the CPU RNG; the
-        model-parallel RNG tracker is restored here, so the refresh shifts no randomness.
+        The estimators never write DDP's gradient buffers or the CPU RNG; the model-parallel
+        RNG tracker is restored here, so the refresh shifts no randomness.
         """
         start = time.perf_counter()
         tracker = tensor_parallel.get_cuda_rng_tracker()
         tracker_states = tracker.get_states()
-        scores = unit_importance(self.model, self.probe_batches, only_trainable=True).mean()
+        self.adept_state = refresh_unit_lrs(
+            self.model,
+            self.probe_batches,
+            self.meta.layer_map,
+            self.unit_keys,
+            self.config.adept,
+            self.iteration,
+            partial(backward_unstopped, self.model, self.plan.lowest_layer, self._hooks),
+        )
         tracker.set_states(tracker_states)
-        trainable = {key: scores[key] for key in self.unit_keys}
-        units = decoupled_multipliers(trainable, self.config.adept.adept_lr_floor)
-        self.adept_state = AdeptState(self.iteration, tuple(units))
         self.scaling.set_multipliers(self.adept_state.multipliers())
-        self.metrics.refresh(self.iteration, units, time.perf_counter() - start)
+        self.metrics.refresh(self.adept_state, time.perf_counter() - start)
         save = self.config.checkpoint.save
         if self.iteration == 0 and save is not None and dist.get_rank() == 0:
             Path(save).mkdir(parents=True, exist_ok=True)

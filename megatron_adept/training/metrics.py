@@ -13,7 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_adept.models.units import UNIT_NAMES
-from megatron_adept.optimizer.unit_lr import UnitLr
+from megatron_adept.optimizer.unit_lr import AdeptState, UnitLr
 from megatron_adept.parallel.collectives import all_reduce_numbers
 from megatron_adept.parallel.log import get_logger
 
@@ -126,14 +126,19 @@ class TrainingMetrics:
         )
         self._tokens, self._seconds = 0, 0.0
 
-    def refresh(self, iteration: int, units: list[UnitLr], seconds: float) -> None:
+    def refresh(self, state: AdeptState, seconds: float) -> None:
+        iteration = state.iteration
         self.refreshes.append({"iteration": iteration, "seconds": seconds})
+        pairs = ", ".join(f"{copy} <- {source}" for copy, source in state.source_scored)
+        copies = f"copies scored from their source layer: {pairs or 'none'}"
         logger.info(
             f"unit lr multipliers at iteration {iteration} (importance refresh took "
-            f"{seconds:.2f}s):\n{multiplier_table(units)}"
+            f"{seconds:.2f}s; --unit-importance {state.unit_importance}, --unit-lr-rule "
+            f"{state.unit_lr_rule}, --copy-importance {state.copy_importance}, {copies}; every "
+            f"other unit on its own scores):\n{multiplier_table(list(state.units))}"
         )
         if self._writer is not None:
-            for unit in units:
+            for unit in state.units:
                 self._writer.add_scalar(
                     f"multiplier/layer{unit.layer:03d}.{unit.unit}", unit.multiplier, iteration
                 )

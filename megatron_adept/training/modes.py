@@ -38,7 +38,7 @@ class TrainPlan:
     layers: tuple[int, ...] | None
     """0-based decoder layers that train; None trains every parameter."""
     decoupled: bool
-    """Units get 2(1-I) lr multipliers (refreshed from the probe corpus)."""
+    """Units get decoupled lr multipliers (``--unit-lr-rule``), refreshed from the probe corpus."""
 
     @property
     def lowest_layer(self) -> int | None:

@@ -1,14 +1,15 @@
 """Layer selection for expansion (explicit lists, importance, LLaMA-Pro's uniform placement) and
 the one-line errors of both expanding tools on bad selections.
 
-The tool cases run in this process: the selection is checked from ``adept_meta.json`` or
-``config.json`` alone, before any weights are read, so the fixtures hold no weights.
+The error cases run in this process: the selection is checked from ``adept_meta.json`` or
+``config.json`` alone, before any weights are read, so their fixtures hold no weights. The
+uniform placement on a 30-layer model runs both tools as users do.
 """
 
 import json
 
 import pytest
-from hf_fixtures import CONVERT, EXPAND, run_tool_inprocess, siblings_clean
+from hf_fixtures import CONVERT, EXPAND, run_tool_inprocess, siblings_clean, tool
 from test_convert_errors import assert_one_line_error
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerMap
@@ -19,18 +20,34 @@ from megatron_adept.expansion.plan import (
     uniform,
 )
 from megatron_adept.models.archs import ModelArch
-from megatron_adept.models.presets import preset_config
+from megatron_adept.models.presets import build_hf_model, preset_config
 from megatron_adept.probe.selection import least_important
 
 
 def test_uniform_placement_matches_llama_pro():
+    """LLaMA-Pro's script copies layer i when (i + 1) % (L // k) == 0; hand-computed here."""
     assert uniform(4, 32).selected == (7, 15, 23, 31)
     assert uniform(8, 32).selected == (3, 7, 11, 15, 19, 23, 27, 31)
     assert uniform(2, 4).selected == (1, 3)
     assert uniform(1, 4).selected == (3,)
     assert uniform(4, 4).selected == (0, 1, 2, 3)
-    with pytest.raises(AdeptError, match="28 % 3 != 0"):
-        uniform(3, 28)
+    # k does not divide L, but L // (L // k) == k: LLaMA-Pro's rule still gives k copies
+    assert uniform(4, 30).selected == (6, 13, 20, 27)  # split 7
+    assert uniform(7, 30).selected == (3, 7, 11, 15, 19, 23, 27)  # split 4
+    assert uniform(3, 28).selected == (8, 17, 26)  # split 9
+    for plan in (uniform(4, 32), uniform(4, 30)):
+        assert "LLaMA-Pro's rule" in plan.how
+    assert uniform(4, 30).how == "uniform k=4: LLaMA-Pro's rule, a copy after every 7 layers"
+
+
+def test_uniform_placement_spreads_evenly_where_llama_pro_gives_another_count():
+    """floor((j + 1) L / k) - 1: the last layer of k near-equal consecutive groups."""
+    plan = uniform(8, 30)  # split 3 would make 10 copies
+    assert plan.selected == (2, 6, 10, 14, 17, 21, 25, 29)  # groups of 3,4,4,4,3,4,4,4
+    assert plan.how.startswith("uniform k=8: even spread")
+    assert "would make 10" in plan.how
+    assert uniform(3, 4).selected == (0, 1, 3)  # split 1 would copy all 4 layers
+    assert uniform(16, 30).selected == (0, 2, 4, 6, 8, 10, 12, 14, 15, 17, 19, 21, 23, 25, 27, 29)
 
 
 def test_importance_picks_lowest_with_ties_to_lower_index(tmp_path):
@@ -107,7 +124,6 @@ def substitute(args, inputs):
         (["--layers", "1.5"], "layer index '1.5' is not an integer"),
         (["--uniform", "--k", "0"], "--k=0 must be between 1 and the number of layers (4)"),
         (["--uniform", "--k", "5"], "--k=5 must be between 1"),
-        (["--uniform", "--k", "3"], "4 % 3 != 0"),
         (["--uniform"], "--uniform needs --k"),
         (["--importance", "IMP7", "--k", "2"], "scores 7 layers but the model has 4"),
         (["--importance", "IMPBAD", "--k", "2"], "layer_scores must be a list of finite numbers"),
@@ -150,7 +166,6 @@ def test_expand_tool_refuses_expanded_or_missing_checkpoints(inputs, tmp_path, m
         (["--expand-layers", "x"], "'x' is not an integer"),
         (["--uniform-expand", "0"], "--uniform-expand=0 must be between 1"),
         (["--uniform-expand", "8"], "--uniform-expand=8 must be between 1"),
-        (["--uniform-expand", "3"], "4 % 3 != 0"),
         (["--importance", "IMP7", "--k", "1"], "scores 7 layers but the model has 4"),
         (["--importance", "IMP7"], "--importance needs --k"),
         (["--k", "2"], "--k goes with --importance"),
@@ -174,3 +189,17 @@ def test_convert_tool_checks_an_exported_layer_map(inputs, tmp_path, monkeypatch
     result = run_tool_inprocess(CONVERT, argv, monkeypatch, capsys)
     assert_one_line_error(result, "adept_layer_map.json has 5 layers, config.json 4")
     assert siblings_clean(out)
+
+
+def test_expand_tool_places_uniform_copies_on_a_30_layer_model(tmp_path):
+    """30 layers, --uniform --k 4: LLaMA-Pro's copies of 6, 13, 20, 27, logged and recorded."""
+    build_hf_model("tiny-llama", num_hidden_layers=30).save_pretrained(tmp_path / "hf")
+    tool(CONVERT, "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "base"))
+    out = tmp_path / "k4"
+    run = tool(EXPAND, "--load", str(tmp_path / "base"), "--out", str(out), "--uniform", "--k", "4")
+    meta = CheckpointMeta.load(out)
+    assert meta.layer_map.copied_sources == [6, 13, 20, 27]
+    assert meta.layer_map.copy_indices == [7, 15, 23, 31]
+    how = "uniform k=4: LLaMA-Pro's rule, a copy after every 7 layers"
+    assert meta.source["expansion"] == how and meta.source["copies_of"] == [6, 13, 20, 27]
+    assert f"copies of layers [6, 13, 20, 27] ({how})" in run.stdout + run.stderr

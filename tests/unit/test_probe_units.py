@@ -1,4 +1,5 @@
-"""unit_importance against a hand computation, and the state it must leave alone (one process).
+"""Both unit-importance estimators against hand computations, and the state they must leave
+alone (one process).
 
 Tensor-, pipeline- and data-parallel agreement and the DDP ``main_grad`` buffers are checked
 in tests/parity/test_probe_vs_hf.py.
@@ -42,7 +43,9 @@ def test_counts_cover_every_layer_element_once(results, preset):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("call", ["all", "frozen_scored", "trainable"])
+@pytest.mark.parametrize(
+    "call", ["all", "frozen_scored", "trainable", "authors", "authors_trainable"]
+)
 def test_call_leaves_grads_rng_mode_and_flags_alone(results, preset, call):
     report = results[preset][call]
     assert report["grads_kept"] and report["rng_kept"]
@@ -57,4 +60,17 @@ def test_frozen_layers_are_scored_in_stage1_and_skipped_in_stage2(results, prese
     assert sorted(frozen) == sorted(reference)
     assert sorted(trainable) == sorted(k for k in reference if not k.startswith("0/"))
     for key, value in trainable.items():
+        assert relative(value, reference[key]) <= 1e-5, key
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_authors_estimator_equals_hand_per_batch_magnitudes(results, preset):
+    """mean over batches of mean |θ|·|∂L_b/∂θ|; all scored, then layer 0 frozen (Stage 2)."""
+    reference = results[preset]["authors_reference"]
+    got, trainable = results[preset]["authors"]["means"], results[preset]["authors_trainable"]
+    assert sorted(got) == sorted(reference)
+    for key, want in reference.items():
+        assert relative(got[key], want) <= 1e-5, key
+    assert sorted(trainable["means"]) == sorted(k for k in reference if not k.startswith("0/"))
+    for key, value in trainable["means"].items():
         assert relative(value, reference[key]) <= 1e-5, key

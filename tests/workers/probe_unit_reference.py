@@ -1,7 +1,8 @@
 """Unit importance in one process against a hand computation from ``loss.backward()``.
 
 argv: OUT_JSON
-For tiny-qwen2 (q/k/v biases) and tiny-qwen3 (q/k norms): the reference slices the fused
+For tiny-qwen2 (q/k/v biases) and tiny-qwen3 (q/k norms), for both estimators (abs-gradient
+and the authors' per-batch |θ|·|∂L_b/∂θ|): the reference slices the fused
 megatron tensors by reshaping (``linear_qkv`` as [groups, q + k + v rows, ...], ``linear_fc1``
 as two halves), independently of ``models/units.py``. Also records whether the call left
 ``.grad``, the RNG, the training mode and ``requires_grad`` flags as they were.
@@ -12,7 +13,7 @@ import sys
 import torch
 from common import arch_for, randomize, switch_layout, write_result
 
-from megatron_adept.importance.unit_importance import unit_importance
+from megatron_adept.importance.unit_importance import UNIT_IMPORTANCE
 from megatron_adept.models.builder import build_model
 from megatron_adept.models.pipeline import MicroBatch, position_ids_like
 from megatron_adept.parallel import runtime
@@ -30,21 +31,16 @@ def probe_batches(vocab: int) -> list[MicroBatch]:
     return batches
 
 
-def reference(model: torch.nn.Module, batches: list[MicroBatch]) -> dict[str, float]:
-    """mean |θ·∂L/∂θ| per unit from an ordinary backward of the probe loss."""
-    model.zero_grad()
-    total = sum(b.loss_mask.sum() for b in batches)
-    for batch in batches:
-        losses = model(batch.tokens, position_ids_like(batch.tokens), None, labels=batch.labels)
-        ((losses * batch.loss_mask).sum() / total).backward()
+def layer_units(model: torch.nn.Module, values) -> dict[str, torch.Tensor]:
+    """{"layer/unit": flat values} from ``values(param)`` of every layer parameter."""
     config = model.config
     groups, head = config.num_query_groups, config.kv_channels
     q_rows = config.num_attention_heads // groups * head
     out = {}
     for index, layer in enumerate(model.decoder.layers):
-        taylor: dict[str, list[torch.Tensor]] = {}
+        pieces: dict[str, list[torch.Tensor]] = {}
         for name, param in layer.named_parameters():
-            value = param.detach() * param.grad
+            value = values(param)
             if "linear_qkv" in name:
                 blocks = value.reshape(groups, q_rows + 2 * head, -1)
                 parts = {
@@ -65,21 +61,51 @@ def reference(model: torch.nn.Module, batches: list[MicroBatch]) -> dict[str, fl
                 }[name]
                 parts = {unit: value}
             for unit, part in parts.items():
-                taylor.setdefault(unit, []).append(part.reshape(-1))
-        for unit, pieces in taylor.items():
-            out[f"{index}/{unit}"] = torch.cat(pieces).abs().mean().item()
+                pieces.setdefault(unit, []).append(part.reshape(-1))
+        out.update({f"{index}/{unit}": torch.cat(p) for unit, p in pieces.items()})
+    return out
+
+
+def backward(model: torch.nn.Module, batches: list[MicroBatch], total) -> None:
+    model.zero_grad()
+    for batch in batches:
+        losses = model(batch.tokens, position_ids_like(batch.tokens), None, labels=batch.labels)
+        ((losses * batch.loss_mask).sum() / total).backward()
+
+
+def reference(model: torch.nn.Module, batches: list[MicroBatch]) -> dict[str, float]:
+    """mean |θ·∂L/∂θ| per unit from an ordinary backward of the probe loss."""
+    backward(model, batches, sum(b.loss_mask.sum() for b in batches))
+    taylor = layer_units(model, lambda p: p.detach() * p.grad)
+    model.zero_grad()
+    return {key: value.abs().mean().item() for key, value in taylor.items()}
+
+
+def authors_reference(model: torch.nn.Module, batches: list[MicroBatch]) -> dict[str, float]:
+    """The authors' estimator by hand: mean over batches b of mean |θ|·|∂L_b/∂θ|, L_b the mean
+    loss of batch b over its counted tokens."""
+    out: dict[str, float] = {}
+    for batch in batches:
+        backward(model, [batch], batch.loss_mask.sum())
+        for key, value in layer_units(model, lambda p: p.detach().abs() * p.grad.abs()).items():
+            out[key] = out.get(key, 0.0) + value.double().mean().item() / len(batches)
     model.zero_grad()
     return out
 
 
-def observed(model: torch.nn.Module, batches: list[MicroBatch], only_trainable: bool) -> dict:
-    """Call unit_importance in train mode with sentinel gradients; report what changed."""
+def observed(
+    model: torch.nn.Module,
+    batches: list[MicroBatch],
+    only_trainable: bool,
+    estimator: str = "abs-gradient",
+) -> dict:
+    """Call an estimator in train mode with sentinel gradients; report what changed."""
     for param in model.parameters():
         param.grad = torch.full_like(param, SENTINEL)
     flags = [p.requires_grad for p in model.parameters()]
     model.train()
     rng = torch.get_rng_state()
-    units = unit_importance(model, batches, only_trainable=only_trainable)
+    units = UNIT_IMPORTANCE[estimator](model, batches, only_trainable=only_trainable)
     result = {
         "means": {f"{layer}/{unit}": value for (layer, unit), value in units.mean().items()},
         "counts": {f"{layer}/{unit}": stat.count for (layer, unit), stat in units.units.items()},
@@ -102,10 +128,13 @@ def main() -> None:
         batches = probe_batches(arch.vocab_size)
         results[preset] = {"reference": reference(model, batches)}
         results[preset]["all"] = observed(model, batches, only_trainable=False)
+        results[preset]["authors_reference"] = authors_reference(model, batches)
+        results[preset]["authors"] = observed(model, batches, False, "authors")
         model.decoder.layers[0].requires_grad_(False)  # frozen, as Stage 2 freezes originals
         model.embedding.requires_grad_(False)
         results[preset]["frozen_scored"] = observed(model, batches, only_trainable=False)
         results[preset]["trainable"] = observed(model, batches, only_trainable=True)
+        results[preset]["authors_trainable"] = observed(model, batches, True, "authors")
         results[preset]["numel"] = {
             f"{index}/{name}": param.numel()
             for index, layer in enumerate(model.decoder.layers)
