@@ -23,6 +23,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.models.archs import ModelArch
+from megatron_adept.models.sdpa_attention import with_sdpa_core_attention
 from megatron_adept.parallel.layout import pipeline_layer_counts
 
 
@@ -100,9 +101,11 @@ def build_transformer_config(
 
 
 def layer_spec(arch: ModelArch) -> ModuleSpec:
+    """Transformer Engine's spec where it runs, else the local one with SDPA core attention."""
     if transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.family.qk_layernorm)
-    return get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
+    local = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
+    return with_sdpa_core_attention(local)
 
 
 def build_model(
