@@ -23,6 +23,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.models.archs import ModelArch
+from megatron_adept.models.sdpa_attention import with_sdpa_core_attention
 from megatron_adept.parallel.layout import pipeline_layer_counts
 
 
@@ -101,14 +102,16 @@ def build_transformer_config(
 
 
 def layer_spec(arch: ModelArch, on_cpu: bool = False) -> ModuleSpec:
-    """Transformer Engine's layer spec on a GPU that has it, else megatron's local spec.
+    """Transformer Engine's layer spec on a GPU that has it, else megatron's local spec with
+    SDPA core attention.
 
     Both name their tensors alike in checkpoints (``sharded_state_dict_keys_map``), so a
     checkpoint written with one loads with the other.
     """
     if not on_cpu and transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.family.qk_layernorm)
-    return get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
+    local = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
+    return with_sdpa_core_attention(local)
 
 
 def build_model(

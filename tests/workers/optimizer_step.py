@@ -19,7 +19,8 @@ from megatron_adept.checkpoint.metadata import CheckpointMeta, LayerMap
 from megatron_adept.models.builder import build_model
 from megatron_adept.models.pipeline import MicroBatch
 from megatron_adept.models.units import decoder_layers, layer_index
-from megatron_adept.optimizer.build import OptimizerSettings, build_optimizer, wrap_ddp
+from megatron_adept.optimizer.build import build_optimizer, wrap_ddp
+from megatron_adept.optimizer.config import OptimizerSettings
 from megatron_adept.parallel import runtime
 from megatron_adept.training.step import train_step
 
