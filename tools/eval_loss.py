@@ -4,7 +4,9 @@
       [domain.jsonl ...] [--out losses.json] [--tensor-model-parallel-size T ...]
 
 --data takes {"text"} items (every token counts) or {"prompt", "answer"} items (the answer
-tokens count). Prints one line per corpus; --out writes {file: {"loss": ..., "tokens": ...}}.
+tokens count). Prints one line per corpus; --out writes {file: {"loss", "tokens", "items":
+[{"loss_sum", "tokens"} per item, in file order]}}: per-item values serve paired comparisons
+of two models.
 """
 
 from megatron_adept.checkpoint.resolve import open_checkpoint
@@ -44,10 +46,19 @@ def main() -> None:
         results = {}
         for path, items in corpora.items():
             batches = corpus_batches(items, batch.seq_length, batch.micro_batch_size)
-            loss, tokens = heldout_loss(model, batches)
-            results[path] = {"loss": loss, "tokens": tokens}
+            result = heldout_loss(model, batches)
+            results[path] = {
+                "loss": result.loss,
+                "tokens": result.tokens,
+                "items": [
+                    {"loss_sum": loss_sum, "tokens": tokens}
+                    for loss_sum, tokens in zip(
+                        result.item_loss_sums[: len(items)], result.item_tokens, strict=False
+                    )
+                ],
+            }
             if dist.get_rank() == 0:
-                print(f"{path}: loss {loss:.4f} over {tokens} tokens")
+                print(f"{path}: loss {result.loss:.4f} over {result.tokens} tokens")
         if config.out and dist.get_rank() == 0:
             write_json_atomic(config.out, results)
         barrier()
