@@ -69,7 +69,7 @@ def module_case(config, mask_type, sq, sk, seed) -> dict:
 def model_case(arch, parallel, tokens) -> dict:
     """Loss and every parameter gradient, plain local spec vs build_model's SDPA spec."""
     plain = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
-    with mock.patch.object(builder, "layer_spec", lambda _: plain):
+    with mock.patch.object(builder, "layer_spec", lambda *_: plain):
         reference = build_model(arch, parallel)
     randomize(reference, seed=5)
     ours = build_model(arch, parallel)
