@@ -14,10 +14,14 @@ if TYPE_CHECKING:
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """Short dtype spellings of the flags -> torch dtype names."""
 
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
+"""Values of ``--transformer-impl`` (Megatron-LM's spelling, plus ``auto``)."""
+
 
 @dataclass
 class ParallelConfig:
-    """Model-parallel layout (data parallelism is whatever remains of the world size)."""
+    """Model-parallel layout (data parallelism is whatever remains of the world size) and the
+    layer implementation it is built with."""
 
     tensor_model_parallel_size: int = arg(1, "Tensor model parallel size.")
     pipeline_model_parallel_size: int = arg(1, "Pipeline model parallel size.")
@@ -33,6 +37,14 @@ class ParallelConfig:
         "logits are masked out of the softmax, so any value gives the same results).",
     )
     distributed_timeout_minutes: int = arg(10, "Timeout of collective operations, in minutes.")
+    transformer_impl: str = arg(
+        "auto",
+        "Decoder layer implementation: transformer_engine (Transformer Engine's fused layers; "
+        "needs TE importable on a GPU), local (megatron-core's layers with PyTorch SDPA "
+        "attention) or auto (TE where it is importable on a GPU, else local). Checkpoints are "
+        "the same either way: one written with one implementation loads with the other.",
+        choices=TRANSFORMER_IMPLS,
+    )
 
     def __post_init__(self) -> None:
         require_positive(

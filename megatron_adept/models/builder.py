@@ -22,6 +22,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_adept.config.parallel import ParallelConfig
+from megatron_adept.errors import ConfigError
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.sdpa_attention import with_sdpa_core_attention
 from megatron_adept.parallel.layout import pipeline_layer_counts
@@ -101,14 +102,21 @@ def build_transformer_config(
     )
 
 
-def layer_spec(arch: ModelArch, on_cpu: bool = False) -> ModuleSpec:
-    """Transformer Engine's layer spec on a GPU that has it, else megatron's local spec with
-    SDPA core attention.
+def layer_spec(arch: ModelArch, on_cpu: bool = False, transformer_impl: str = "auto") -> ModuleSpec:
+    """Transformer Engine's layer spec or megatron's local spec with SDPA core attention.
 
-    Both name their tensors alike in checkpoints (``sharded_state_dict_keys_map``), so a
-    checkpoint written with one loads with the other.
+    ``transformer_impl`` (``--transformer-impl``) picks one; ``auto`` takes TE on a GPU that
+    has it. Both name their tensors alike in checkpoints (``sharded_state_dict_keys_map``), so
+    a checkpoint written with one loads with the other; forcing either lets a GPU node with TE
+    check exactly that.
     """
-    if not on_cpu and transformer_engine_available():
+    te_usable = not on_cpu and transformer_engine_available()
+    if transformer_impl == "transformer_engine" and not te_usable:
+        raise ConfigError(
+            "--transformer-impl transformer_engine needs Transformer Engine importable on a "
+            "GPU; use --transformer-impl local or auto"
+        )
+    if transformer_impl == "transformer_engine" or (transformer_impl == "auto" and te_usable):
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.family.qk_layernorm)
     local = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
     return with_sdpa_core_attention(local)
@@ -138,7 +146,7 @@ def build_model(
     )
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(arch, on_cpu),
+        transformer_layer_spec=layer_spec(arch, on_cpu, parallel.transformer_impl),
         vocab_size=padded_vocab_size(arch.vocab_size, parallel),
         max_sequence_length=arch.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
