@@ -456,6 +456,7 @@ def main() -> None:
         peak = args.peak_tflops or peak_tflops_of_gpu()
         impls = ["local", "transformer_engine"] if transformer_engine_importable() else ["local"]
     else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # every stage on the CPU, GPU node or not
         nproc, peak, impls = 2, args.peak_tflops, ["local"]
     check = GpuCheck(args.device, nproc, out, peak)
     if args.device == "cpu":
