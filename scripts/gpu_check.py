@@ -72,10 +72,15 @@ class Sizes:
     """How big the check is on one kind of device."""
 
     preset: str
+    """tools/init_model.py --preset of the random HF model."""
     vocab: int
+    """Tokenizer vocabulary (the model's follows it)."""
     probe_items: int
+    """Leading items of the bundled probe corpus used by the probes and the ADEPT refresh."""
     probe_seq: int
+    """Probe --seq-length."""
     seq_length: int
+    """Training --seq-length."""
     micro_batch: int
     accumulation: int
     """Micro-batches per data-parallel rank and step."""
@@ -84,6 +89,7 @@ class Sizes:
     """Layers the expansion copies."""
     parity_batch: int
     parity_seq: int
+    """Shape of the token batch whose logits are compared."""
 
 
 SIZES = {
@@ -94,6 +100,8 @@ SIZES = {
 
 @dataclass(frozen=True)
 class Check:
+    """One PASS/FAIL line of the report."""
+
     name: str
     passed: bool
     detail: str

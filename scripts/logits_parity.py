@@ -27,14 +27,14 @@ import torch
 from megatron_adept.checkpoint.mcore_io import load_model
 from megatron_adept.checkpoint.resolve import open_checkpoint
 from megatron_adept.config.parallel import TRANSFORMER_IMPLS, ParallelConfig
-from megatron_adept.data.corpus import load_corpus
+from megatron_adept.data.corpus import CorpusItem, load_corpus
 from megatron_adept.data.tokenizer import resolve_tokenizer, text_prefix
 from megatron_adept.errors import DataError
 from megatron_adept.models.pipeline import full_logits
 from megatron_adept.parallel import runtime
 
 
-def packed_tokens(items: list, batch: int, seq_length: int) -> torch.Tensor:
+def packed_tokens(items: list[CorpusItem], batch: int, seq_length: int) -> torch.Tensor:
     """The corpus' token ids end to end, cut into ``[batch, seq_length]`` (real text, not
     random ids: a trained model's logits on text are the ones that matter)."""
     needed = batch * seq_length
