@@ -13,6 +13,9 @@ PRESET = "tiny-llama"
 EXPANDED = "o0,o1,c1,o2,o3,c3"
 """Six layers: copies of layers 1 and 3 at positions 2 and 5."""
 PLAIN = "o0,o1,o2,o3"
+TOP = "o0,o1,o2,o3,c3,o4,o5,c5"
+"""Eight layers with copies of layers 3 and 5 in the upper half only: at PP=2 the first
+stage holds nothing trainable (as ADEPT's copies cluster near the top of real models)."""
 VOCAB = 320
 """The tokenizer's vocabulary; the checkpoint's arch matches it."""
 
@@ -22,6 +25,8 @@ class TrainInputs:
     root: Path
     expanded: Path
     plain: Path
+    top: Path
+    """The checkpoint with layout ``TOP``."""
     data: Path
     """Indexed-dataset prefix."""
     probe: Path
@@ -51,9 +56,9 @@ def make_train_inputs(root: Path) -> TrainInputs:
         "train_make_ckpt.py",
         1,
         [PRESET, str(tokenizer), str(VOCAB), str(root / "expanded"), EXPANDED]
-        + [str(root / "plain"), PLAIN],
+        + [str(root / "plain"), PLAIN, str(root / "top"), TOP],
     )
-    return TrainInputs(root, root / "expanded", root / "plain", root / "train", probe)
+    return TrainInputs(root, root / "expanded", root / "plain", root / "top", root / "train", probe)
 
 
 def pretrain_args(inputs: TrainInputs, *extra: str, load: Path | None = None) -> list[str]:

@@ -49,12 +49,18 @@ from megatron_adept.checkpoint.resolve import (
     iteration_dir,
 )
 from megatron_adept.checkpoint.side_files import copy_tokenizer_files
+from megatron_adept.optimizer.adam_state import (
+    FULLY_RESHARDABLE,
+    drop_placeholders,
+    load_optimizer_state,
+    seed_adam_state,
+)
 from megatron_adept.optimizer.unit_lr import AdeptState
 from megatron_adept.parallel.collectives import barrier
 from megatron_adept.training.save_dir import TRAINING_STATE_FILE, read_training_info
 
 RNG_DIR = "rng"
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": FULLY_RESHARDABLE}
 """Optimizer state that loads at any TP/PP/DP layout."""
 
 
@@ -70,6 +76,7 @@ class TrainingState:
 
 
 def _optimizer_sharded(model: torch.nn.Module, optimizer: MegatronOptimizer, loading: bool):
+    """The optimizer's sharded state dict (seed its Adam state first: ``seed_adam_state``)."""
     return optimizer.sharded_state_dict(
         model_sharded_state_dict(model), is_loading=loading, metadata=dict(_OPTIMIZER_METADATA)
     )
@@ -161,8 +168,10 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
+    optimizer_step = seed_adam_state(optimizer)
     optimizer_state = _optimizer_sharded(model, optimizer, False)
     dist_checkpointing.save({**model_sharded_state_dict(model), "optimizer": optimizer_state}, tmp)
+    drop_placeholders(optimizer)
     if rank == 0:
         (tmp / RNG_DIR).mkdir()
     barrier()
@@ -186,6 +195,7 @@ def save_checkpoint(
                     "scheduler": state.scheduler,
                     "mode": state.mode,
                     "world_size": dist.get_world_size(),
+                    "optimizer_step": optimizer_step,
                 },
                 indent=1,
             )
@@ -217,11 +227,15 @@ def load_training_state(
     only when the world size matches the saving run (a resharded resume reseeds instead).
     """
     info = read_training_info(directory)
+    seed_adam_state(optimizer)
     sharded = {"optimizer": _optimizer_sharded(model, optimizer, True)}
     loaded = dist_checkpointing.load(
         sharded, str(directory), strict=StrictHandling.ASSUME_OK_UNEXPECTED
     )
-    optimizer.load_state_dict(loaded["optimizer"])
+    # Adam's step equals the iteration unless steps were skipped; older checkpoints lack it
+    load_optimizer_state(
+        optimizer, loaded["optimizer"], int(info.get("optimizer_step", info["iteration"]))
+    )
     scheduler.load_state_dict(info["scheduler"])
     rng_file = directory / RNG_DIR / f"rank_{dist.get_rank():05d}.pt"
     if info.get("world_size") == dist.get_world_size() and rng_file.is_file():
