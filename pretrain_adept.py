@@ -19,20 +19,24 @@ from __future__ import annotations
 from megatron_adept.checkpoint.resolve import open_checkpoint
 from megatron_adept.config.cli import Command, run_cli
 from megatron_adept.errors import DataError
+from megatron_adept.parallel.launcher import exit_with_launcher
 from megatron_adept.parallel.layout import world_size_from_env
 from megatron_adept.training.config import RunConfig
 from megatron_adept.training.save_dir import check_resume, check_save_dir
+from megatron_adept.training.save_lock import check_save_unlocked, hold_save_dir
 
 COMMAND = Command(__doc__, RunConfig.groups())
 
 
 def validate(config: RunConfig) -> None:
     """Every check that needs neither torch nor a process group: checkpoint, layout, batch,
-    resume and save directory, data."""
+    save directory (writable, not held by a live run), resume, data."""
     config.precision.refuse_fp16_gradients("training")
     ckpt = config.checkpoint
     checkpoint = open_checkpoint(ckpt.load, config.parallel)
     config.expected.check(checkpoint.meta, str(checkpoint.path))
+    if ckpt.save is not None:
+        check_save_unlocked(ckpt.save)
     check_resume(ckpt.load, ckpt.save, config.adept.mode)
     if ckpt.save is not None:
         check_save_dir(ckpt.save)
@@ -42,21 +46,28 @@ def validate(config: RunConfig) -> None:
 
 
 def main() -> None:
-    config = RunConfig(*COMMAND.parse())
-    validate(config)
+    with exit_with_launcher():
+        config = RunConfig(*COMMAND.parse())
+        validate(config)
+        train(config)
+
+
+def train(config: RunConfig) -> None:
+    """Hold ``--save`` (rank 0), set up the process groups, train, tear down."""
     from megatron_adept.parallel import runtime
     from megatron_adept.parallel.log import setup_logging
     from megatron_adept.training.loop import Trainer
 
     setup_logging()
-    trainer = Trainer(config)
-    runtime.initialize(config.parallel, config.training.seed)
-    try:
-        trainer.setup()
-        trainer.train()
-        trainer.close()
-    finally:
-        runtime.teardown()
+    trainer = Trainer(config)  # its input checks come first: a refused run leaves no --save
+    with hold_save_dir(config.checkpoint.save):
+        runtime.initialize(config.parallel, config.training.seed)
+        try:
+            trainer.setup()
+            trainer.train()
+            trainer.close()
+        finally:
+            runtime.teardown()
 
 
 if __name__ == "__main__":
