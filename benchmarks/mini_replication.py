@@ -29,23 +29,28 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import shlex
 import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from megatron_adept.checkpoint.atomic import write_json_atomic
 from megatron_adept.checkpoint.metadata import CheckpointMeta
 from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.probe.scores import LayerScores
-from megatron_adept.training.metrics import METRICS_FILE
 from megatron_adept.workflow.demo import DATA, SEQ, evaluate, prepare_base
+from megatron_adept.workflow.replication import (
+    StoredRuns,
+    mean_std,
+    run_all,
+    run_name,
+    spread,
+    stored_params,
+    training_cost,
+)
 from megatron_adept.workflow.stages import (
     REPO,
     Stages,
@@ -73,29 +78,11 @@ class Settings:
     threads: str  # OMP_NUM_THREADS: float reductions, hence results, may depend on it
 
 
-def run_name(method: str, seed: int | None) -> str:
-    slug = method.replace("/", "").replace(" ", "_")
-    return slug if seed is None else f"{slug}-seed{seed}"
-
-
-def stored_params(ckpt: Path) -> int:
-    """Parameters in a converted or expanded checkpoint (these hold weights only)."""
-    import math
-    import warnings
-
-    with warnings.catch_warnings():  # megatron-core's notes on missing GPU accelerators
-        warnings.simplefilter("ignore")
-        from megatron.core import dist_checkpointing
-
-    stored = dist_checkpointing.load_tensors_metadata(str(ckpt))
-    return sum(math.prod(meta.global_shape) for meta in stored.values())
-
-
-class Replication:
+class Replication(StoredRuns):
     """Shared inputs (base, probe, expansions) and one train-and-evaluate run per method/seed."""
 
     def __init__(self, out: Path, cache: Path | None) -> None:
-        self.out = out
+        super().__init__(out)
         self.cache = cache
         self.data = out / "data"
         self.base = out / "base_ckpt"
@@ -155,22 +142,6 @@ class Replication:
             "ADEPT": (self.expanded, ["--mode", "adept", *domain, *probe]),
         }[method]
 
-    def result_file(self, method: str, seed: int | None) -> Path:
-        return self.out / "results" / f"{run_name(method, seed)}.json"
-
-    def cached(self, method: str, seed: int | None, settings: Settings) -> dict | None:
-        """The stored result, if any; one computed under other settings is refused."""
-        path = self.result_file(method, seed)
-        if not path.is_file():
-            return None
-        result = json.loads(path.read_text())
-        if result.get("settings") != asdict(settings):
-            raise WorkflowError(
-                f"{path} was computed with {result.get('settings')}, not {asdict(settings)}; "
-                "use another --out"
-            )
-        return result
-
     def run(self, method: str, seed: int | None, settings: Settings) -> dict:
         """Train (unless Vanilla) and evaluate one method; the result is stored as JSON."""
         name = run_name(method, seed)
@@ -195,22 +166,13 @@ class Replication:
                 + ["--split", "100,0,0", "--data-cache-path", run_dir / "index-cache"],
             )
             ckpt, _ = resolve_load(save)
-            metrics = json.loads((ckpt / METRICS_FILE).read_text())
-            step_seconds = [step["seconds"] for step in metrics["steps"]]
-            result = {
-                "trainable_pct": 100 * metrics["trainable_params"] / self.params[load],
-                # Every step does the same work; on a shared machine contention only adds
-                # time, so the fastest decile estimates the cost of a step.
-                "step_seconds": statistics.quantiles(step_seconds, n=10)[0],
-                "peak_rss_mib": pipe.peak_rss_mib["train"],
-            }
+            result = training_cost(ckpt, self.params[load])
+            result["peak_rss_mib"] = pipe.peak_rss_mib["train"]
         result.update(evaluate(pipe, run_dir, {name: ckpt})[name])
         result.update(
             method=method, seed=seed, settings=asdict(settings), seconds=time.monotonic() - start
         )
-        path = self.result_file(method, seed)
-        path.parent.mkdir(exist_ok=True)
-        write_json_atomic(path, result)
+        self.store(method, seed, result)
         return result
 
 
@@ -236,20 +198,6 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, list[float]
             run["step_rel"] = None if step is None else step / pt_full[run["seed"]]
         table[method] = {key: [r[key] for r in runs if r[key] is not None] for key, _, _ in FIELDS}
     return table
-
-
-def spread(values: list[float]) -> float:
-    """Sample standard deviation over seeds; 0 for a single value."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def mean_std(values: list[float], fmt: str) -> str:
-    """``mean ± std``; a single value (Vanilla: one deterministic evaluation) alone."""
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(spread(values))}"
 
 
 def ordering(table: dict, key: str) -> str:
@@ -332,49 +280,6 @@ def brief(result: dict) -> str:
             f" peak RSS {result['peak_rss_mib']:.0f} MiB"
         )
     return line
-
-
-def run_all(
-    replication: Replication, tasks: list[tuple[str, int | None]], settings: Settings, jobs: int
-) -> tuple[dict[str, list[dict]], int]:
-    """Results per method in task order, computing the missing ones ``jobs`` at a time.
-
-    Stored results are checked against ``settings`` before any run starts. Returns the
-    results and how many runs were computed.
-    """
-    total = len(tasks)
-    labels = [
-        f"[{i:>2}/{total}] {m}" + ("" if s is None else f", seed {s}")
-        for i, (m, s) in enumerate(tasks, 1)
-    ]
-    stored = [replication.cached(method, seed, settings) for method, seed in tasks]
-
-    def compute(label: str, method: str, seed: int | None) -> dict:
-        log = replication.out / "runs" / run_name(method, seed) / "log.txt"
-        print(f"{label}: running (log {log})", flush=True)
-        result = replication.run(method, seed, settings)
-        print(f"{label}: done in {result['seconds']:.0f} s | {brief(result)}", flush=True)
-        return result
-
-    with ThreadPoolExecutor(jobs) as pool:
-        pending = {
-            i: pool.submit(compute, labels[i], *tasks[i])
-            for i, result in enumerate(stored)
-            if result is None
-        }
-        for i, result in enumerate(stored):
-            if result is not None:
-                print(f"{labels[i]}: stored | {brief(result)}", flush=True)
-        try:
-            for i, future in pending.items():
-                stored[i] = future.result()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
-    results: dict[str, list[dict]] = {}
-    for (method, _), result in zip(tasks, stored, strict=True):
-        results.setdefault(method, []).append(result)
-    return results, len(pending)
 
 
 def describe(
@@ -461,7 +366,7 @@ def main() -> None:
         methods = [m for m in METHODS if m in args.methods or m == "PT-Full"]
         tasks = [("Vanilla", None)] if "Vanilla" in methods else []
         tasks += [(m, seed) for seed in args.seeds for m in methods if m != "Vanilla"]
-        results, computed = run_all(replication, tasks, settings, args.jobs)
+        results, computed = run_all(replication, tasks, settings, args.jobs, brief)
     except WorkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -95,37 +95,53 @@ def prepare_base(stages: Stages, out: Path, cache: Path) -> Path:
     return base_model(stages, out, cache, tokenizer, data / "general")
 
 
-def evaluate(stages: Stages, out: Path, models: dict[str, Path]) -> dict[str, dict]:
-    """Held-out loss and 0-shot MC accuracy on both corpora, per model name.
+def losses_file(out: Path, name: str) -> Path:
+    """eval_loss.py's ``--out`` of model ``name`` (per-item losses, for paired comparisons)."""
+    return out / f"{name}_losses.json"
 
-    One eval_mc run per corpus scores every model (``--compare``), saving start-ups.
+
+def mc_file(out: Path, names: list[str], mc_set: str) -> Path:
+    """eval_mc.py's ``--out`` of models ``names`` on ``mc_set`` (per-item predictions)."""
+    return out / f"{'_'.join(names)}_{mc_set}_mc.json"
+
+
+def evaluate(
+    stages: Stages,
+    out: Path,
+    models: dict[str, Path],
+    losses: dict[str, Path] | None = None,
+    mc: dict[str, Path] | None = None,
+    seq: int = SEQ,
+) -> dict[str, dict]:
+    """Held-out loss and 0-shot MC accuracy per model name: ``{set}_loss`` for each held-out
+    corpus of ``losses`` and ``{set}_mc_acc`` for each multiple-choice set of ``mc`` (default:
+    the demo's general and domain files).
+
+    One eval_mc run per set scores every model (``--compare``), saving start-ups.
     """
+    losses = losses or {c: DATA / f"{c}_eval.jsonl" for c in ("general", "domain")}
+    mc = mc or {c: DATA / f"{c}_mc.jsonl" for c in ("general", "domain")}
     results = {}
     for name, ckpt in models.items():
-        losses = out / f"{name}_losses.json"
+        path = losses_file(out, name)
         stages.run(
             f"evaluate {name}: held-out loss",
             tool("eval_loss.py")
-            + ["--load", ckpt, "--data", DATA / "general_eval.jsonl"]
-            + [DATA / "domain_eval.jsonl", "--seq-length", SEQ, "--out", losses],
+            + ["--load", ckpt, "--data", *losses.values(), "--seq-length", seq, "--out", path],
         )
-        scores = json.loads(losses.read_text())
-        results[name] = {
-            "general_loss": scores[str(DATA / "general_eval.jsonl")]["loss"],
-            "domain_loss": scores[str(DATA / "domain_eval.jsonl")]["loss"],
-        }
+        scores = json.loads(path.read_text())
+        results[name] = {f"{c}_loss": scores[str(f)]["loss"] for c, f in losses.items()}
     first, *others = models.values()
     compare = ["--compare", *others] if others else []
-    for corpus in ("general", "domain"):
-        mc = out / f"{'_'.join(models)}_{corpus}_mc.json"
+    for mc_set, data in mc.items():
+        path = mc_file(out, list(models), mc_set)
         stages.run(
-            f"evaluate {', '.join(models)}: {corpus} multiple choice",
+            f"evaluate {', '.join(models)}: {mc_set} multiple choice",
             tool("eval_mc.py")
-            + ["--load", first, "--data", DATA / f"{corpus}_mc.jsonl", "--shots", "0"]
-            + [*compare, "--out", mc],
+            + ["--load", first, "--data", data, "--shots", "0", *compare, "--out", path],
         )
-        scored = json.loads(mc.read_text())
+        scored = json.loads(path.read_text())
         accuracies = [scored["accuracy"]] + [c["accuracy"] for c in scored.get("compare", [])]
         for name, accuracy in zip(models, accuracies, strict=True):
-            results[name][f"{corpus}_mc_acc"] = accuracy
+            results[name][f"{mc_set}_mc_acc"] = accuracy
     return results
