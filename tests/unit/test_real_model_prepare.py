@@ -82,8 +82,10 @@ def write_tiny_gguf(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_gguf_is_a_test_dependency():
-    # The model test needs gguf; it is in the `test` extra, so it must never be skipped.
+    # The model test needs gguf and accelerate; both are in the `test` extra, so it must never
+    # be skipped.
     assert importlib.util.find_spec("gguf") is not None
+    assert importlib.util.find_spec("accelerate") is not None
 
 
 def test_gguf_to_hf_matches_transformers_on_the_gguf(tmp_path):
