@@ -45,11 +45,13 @@ def training_cost(ckpt: Path, total_params: int) -> dict[str, float]:
     """Trainable share and step time of a training run, from its train_metrics.json.
 
     Every step does the same work; on a shared machine contention only adds time, so the
-    fastest decile of the step times estimates the cost of a step.
+    fastest decile of the step times (the fastest step, below 10 steps) estimates the cost of
+    a step.
     """
     metrics = json.loads((ckpt / METRICS_FILE).read_text())
     seconds = [step["seconds"] for step in metrics["steps"]]
-    fastest = statistics.quantiles(seconds, n=10)[0] if len(seconds) > 1 else seconds[0]
+    # statistics.quantiles extrapolates below the minimum when there are fewer than 9 steps.
+    fastest = statistics.quantiles(seconds, n=10)[0] if len(seconds) >= 10 else min(seconds)
     return {
         "trainable_pct": 100 * metrics["trainable_params"] / total_params,
         "step_seconds": fastest,

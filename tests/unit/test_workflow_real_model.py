@@ -38,3 +38,12 @@ def test_stored_result_under_other_settings_is_refused(tmp_path):
     assert runs.cached("ADEPT", 1, _Settings(4))["seconds"] == 1.0
     with pytest.raises(WorkflowError, match="use another --out"):
         runs.cached("ADEPT", 1, _Settings(8))
+
+
+def test_step_cost_of_a_short_run_is_its_fastest_step(tmp_path):
+    from megatron_adept.training.metrics import METRICS_FILE
+    from megatron_adept.workflow.replication import training_cost
+
+    steps = [{"seconds": s} for s in (20.0, 9.0, 5.0, 14.0)]
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"trainable_params": 25, "steps": steps}))
+    assert training_cost(tmp_path, 100) == {"trainable_pct": 25.0, "step_seconds": 5.0}
