@@ -76,7 +76,8 @@ def _plan(mode: str, layer_map: LayerMap, selected: tuple[int, ...] | None) -> T
         return plan_for_mode(mode, layer_map, None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "importance.json"
-        path.write_text(json.dumps({"selected": list(selected)}))
+        scores = [1.0] * layer_map.num_original  # the ranking is not read, only "selected"
+        path.write_text(json.dumps({"layer_scores": scores, "selected": list(selected)}))
         return plan_for_mode(mode, layer_map, str(path))
 
 
