@@ -37,7 +37,9 @@ from megatron.core.optimizer.optimizer import Float16OptimizerWithFloat16Params
 from megatron_adept.models.units import UnitKey, UnitSlice
 
 Scale = float | torch.Tensor
-"""One multiplier for a whole main parameter, or one per element."""
+"""One multiplier for a whole main parameter, one per row (``[rows, 1, ...]``, broadcast along
+the row) when the main parameter is the whole model parameter, or one per element of an
+optimizer shard."""
 
 
 @dataclass
@@ -131,7 +133,12 @@ class UnitUpdateScaling:
             scale: Scale
             if bool((per_row == per_row[0]).all()):
                 scale = float(per_row[0])
-            else:
+            elif entry.main.shape == entry.model_param.shape:
+                # The whole parameter: a row's multiplier broadcasts along it, so no tensor of
+                # the parameter's size is kept or read each step.
+                rows_shape = (-1,) + (1,) * (entry.main.dim() - 1)
+                scale = per_row.to(entry.main.device, entry.main.dtype).view(rows_shape)
+            else:  # a flat DistributedOptimizer shard, cut anywhere in a row
                 per_element = per_row.repeat_interleave(entry.model_param[0].numel())
                 chunk = per_element[entry.start : entry.start + entry.main.numel()]
                 scale = chunk.to(entry.main.device, entry.main.dtype).view_as(entry.main)
