@@ -97,7 +97,7 @@ def core_attention(kind: str):
     if kind == "sdpa":
         yield
         return
-    plain = lambda arch: get_gpt_layer_local_spec(  # noqa: E731
+    plain = lambda arch, *_: get_gpt_layer_local_spec(  # noqa: E731
         qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm"
     )
     with mock.patch.object(builder, "layer_spec", plain):
