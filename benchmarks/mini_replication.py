@@ -31,7 +31,6 @@ import argparse
 import importlib.metadata
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import time
@@ -39,7 +38,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.probe.scores import LayerScores
 from megatron_adept.workflow.demo import DATA, SEQ, evaluate, prepare_base
 from megatron_adept.workflow.replication import (
@@ -145,9 +143,7 @@ class Replication(StoredRuns):
     def run(self, method: str, seed: int | None, settings: Settings) -> dict:
         """Train (unless Vanilla) and evaluate one method; the result is stored as JSON."""
         name = run_name(method, seed)
-        run_dir = self.out / "runs" / name
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+        run_dir = self.fresh_run_dir(method, seed)
         pipe = Stages(log=run_dir / "log.txt", cpus=int(settings.threads))
         start = time.monotonic()
         if method == "Vanilla":
@@ -155,17 +151,17 @@ class Replication(StoredRuns):
             result = {"trainable_pct": 0.0, "step_seconds": None, "peak_rss_mib": None}
         else:
             load, method_flags = self.method_args(method)
-            save = run_dir / "ckpt"
-            pipe.run(
-                "train",
-                [sys.executable, REPO / "pretrain_adept.py", "--load", load, *method_flags]
-                + ["--save", save, "--seed", seed, "--train-iters", settings.iters]
-                + ["--global-batch-size", GLOBAL_BATCH, "--micro-batch-size", MICRO_BATCH]
-                + ["--seq-length", SEQ, "--lr", settings.lr, "--min-lr", settings.lr / 10]
-                + ["--importance-interval", max(1, settings.iters // 2), "--log-interval", 1]
-                + ["--split", "100,0,0", "--data-cache-path", run_dir / "index-cache"],
+            ckpt = self.train(
+                pipe,
+                run_dir,
+                load,
+                method_flags,
+                (GLOBAL_BATCH, MICRO_BATCH, SEQ),
+                seed,
+                settings.iters,
+                settings.lr,
+                max(1, settings.iters // 2),
             )
-            ckpt, _ = resolve_load(save)
             result = training_cost(ckpt, self.params[load])
             result["peak_rss_mib"] = pipe.peak_rss_mib["train"]
         result.update(evaluate(pipe, run_dir, {name: ckpt})[name])

@@ -50,7 +50,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta
-from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.probe.scores import LayerScores
 from megatron_adept.training.metrics import METRICS_FILE
 from megatron_adept.workflow.demo import evaluate, losses_file, mc_file
@@ -217,9 +216,7 @@ class RealReplication(StoredRuns):
     def run(self, method: str, seed: int | None, settings: Settings) -> dict:
         """Train (unless Vanilla) and evaluate one method; the result is stored as JSON."""
         name = run_name(method, seed)
-        run_dir = self.out / "runs" / name
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+        run_dir = self.fresh_run_dir(method, seed)
         pipe = Stages(log=run_dir / "log.txt", cpus=int(settings.threads))
         start = time.monotonic()
         if method == "Vanilla":
@@ -228,17 +225,9 @@ class RealReplication(StoredRuns):
             result["lr"] = None
         else:
             load, flags, lr = self.method_args(method)
-            save = run_dir / "ckpt"
-            pipe.run(
-                "train",
-                [sys.executable, REPO / "pretrain_adept.py", "--load", load, *flags]
-                + ["--save", save, "--seed", seed, "--train-iters", settings.iters]
-                + ["--global-batch-size", GLOBAL_BATCH, "--micro-batch-size", MICRO_BATCH]
-                + ["--seq-length", SEQ, "--lr", lr, "--min-lr", lr / 10]
-                + ["--importance-interval", settings.importance_interval, "--log-interval", 1]
-                + ["--split", "100,0,0", "--data-cache-path", run_dir / "index-cache"],
-            )
-            ckpt, _ = resolve_load(save)
+            batch = (GLOBAL_BATCH, MICRO_BATCH, SEQ)
+            interval = settings.importance_interval
+            ckpt = self.train(pipe, run_dir, load, flags, batch, seed, settings.iters, lr, interval)
             result = training_cost(ckpt, self.params[load])
             result.update(peak_rss_mib=pipe.peak_rss_mib["train"], lr=lr)
             shift = run_dir / "token_shift.json"

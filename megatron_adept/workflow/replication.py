@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from megatron_adept.checkpoint.atomic import write_json_atomic
+from megatron_adept.checkpoint.resolve import resolve_load
 from megatron_adept.training.metrics import METRICS_FILE
-from megatron_adept.workflow.stages import WorkflowError
+from megatron_adept.workflow.stages import REPO, Stages, WorkflowError
 
 
 def run_name(method: str, seed: int | None) -> str:
@@ -83,6 +86,44 @@ class StoredRuns:
                 "use another --out"
             )
         return result
+
+    def fresh_run_dir(self, method: str, seed: int | None) -> Path:
+        """OUT/runs/NAME, emptied: a run that was cut short starts over."""
+        run_dir = self.out / "runs" / run_name(method, seed)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        return run_dir
+
+    @staticmethod
+    def train(
+        pipe: Stages,
+        run_dir: Path,
+        load: Path,
+        flags: list[Any],
+        batch: tuple[int, int, int],
+        seed: int | None,
+        iters: int,
+        lr: float,
+        importance_interval: int,
+    ) -> Path:
+        """``pretrain_adept.py`` from ``load`` into RUN_DIR/ckpt (cosine to lr/10, every
+        step logged); returns the final checkpoint.
+
+        Args:
+            batch: (global batch, micro-batch, sequence length).
+        """
+        global_batch, micro_batch, seq = batch
+        save = run_dir / "ckpt"
+        pipe.run(
+            "train",
+            [sys.executable, REPO / "pretrain_adept.py", "--load", load, *flags]
+            + ["--save", save, "--seed", seed, "--train-iters", iters]
+            + ["--global-batch-size", global_batch, "--micro-batch-size", micro_batch]
+            + ["--seq-length", seq, "--lr", lr, "--min-lr", lr / 10]
+            + ["--importance-interval", importance_interval, "--log-interval", 1]
+            + ["--split", "100,0,0", "--data-cache-path", run_dir / "index-cache"],
+        )
+        return resolve_load(save)[0]
 
     def store(self, method: str, seed: int | None, result: dict) -> None:
         path = self.result_file(method, seed)
