@@ -25,6 +25,7 @@ from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import ConfigError
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.sdpa_attention import with_sdpa_core_attention
+from megatron_adept.models.swiglu_mlp import with_swiglu_mlp
 from megatron_adept.parallel.layout import pipeline_layer_counts
 
 
@@ -103,7 +104,8 @@ def build_transformer_config(
 
 
 def layer_spec(arch: ModelArch, on_cpu: bool = False, transformer_impl: str = "auto") -> ModuleSpec:
-    """Transformer Engine's layer spec or megatron's local spec with SDPA core attention.
+    """Transformer Engine's layer spec or megatron's local spec with SDPA core attention and
+    the offset-free SwiGLU MLP.
 
     ``transformer_impl`` (``--transformer-impl``) picks one; ``auto`` takes TE on a GPU that
     has it. Both name their tensors alike in checkpoints (``sharded_state_dict_keys_map``), so
@@ -119,7 +121,7 @@ def layer_spec(arch: ModelArch, on_cpu: bool = False, transformer_impl: str = "a
     if transformer_impl == "transformer_engine" or (transformer_impl == "auto" and te_usable):
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.family.qk_layernorm)
     local = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
-    return with_sdpa_core_attention(local)
+    return with_swiglu_mlp(with_sdpa_core_attention(local))
 
 
 def build_model(

@@ -1,4 +1,5 @@
-"""SDPA core attention equals megatron-core's local DotProductAttention (2 ranks, TP=1 and 2)."""
+"""SDPA core attention equals megatron-core's local DotProductAttention, and SwiGLUMLP equals
+megatron-core's MLP (2 ranks, TP=1 and 2)."""
 
 import json
 
@@ -15,6 +16,8 @@ def test_sdpa_core_attention_matches_local_dot_product_attention(tmp_path):
         assert diffs["ref_out_abs_max"] > 0.1, name
         for key in ("out", "dq", "dk", "dv"):
             assert diffs[key] <= 1e-5, (name, key, diffs[key])
+    for tp in (1, 2):
+        assert result[f"mlp_tp{tp}"] == {"plain": True, "equal": True, "bias": True, "tensors": 4}
     models = {k: v for k, v in result.items() if k.startswith("model_")}
     assert sorted(models) == [
         "model_tp2_tiny-llama_kv1",

@@ -1,9 +1,11 @@
-"""SDPA core attention against megatron-core's local ``DotProductAttention`` (2 ranks).
+"""SDPA core attention against megatron-core's local ``DotProductAttention``, and the
+offset-free SwiGLU MLP against megatron-core's ``MLP`` (2 ranks).
 
-Module level: the same query/key/value shards through both modules at TP=1 and TP=2, with
-GQA, causal and unmasked, and a one-token query. Model level: a ``GPTModel`` built with the
-plain local spec and one built by ``build_model`` (SDPA), the same weights, one forward and
-backward at TP=2, including a key/value-head count below the tensor-parallel size.
+Module level: the same query/key/value shards through both attention modules at TP=1 and TP=2,
+with GQA, causal and unmasked, and a one-token query; the same weights and input through both
+MLPs (bit for bit). Model level: a ``GPTModel`` built with the plain local spec and one built
+by ``build_model`` (SDPA, SwiGLUMLP), the same weights, one forward and backward at TP=2,
+including a key/value-head count below the tensor-parallel size.
 
 argv: RESULT_JSON
 """
@@ -19,12 +21,14 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP
 
 from megatron_adept.errors import ConfigError
 from megatron_adept.models import builder
 from megatron_adept.models.builder import build_model, build_transformer_config
 from megatron_adept.models.pipeline import position_ids_like
 from megatron_adept.models.sdpa_attention import SDPAttention
+from megatron_adept.models.swiglu_mlp import SwiGLUMLP
 from megatron_adept.parallel import runtime
 
 
@@ -66,6 +70,30 @@ def module_case(config, mask_type, sq, sk, seed) -> dict:
     return diffs
 
 
+def mlp_case(config, seed) -> dict:
+    """Whether SwiGLUMLP's output and every gradient equal megatron's MLP's bit for bit."""
+    mlp_spec = get_gpt_layer_local_spec(normalization="RMSNorm").submodules.mlp.submodules
+    reference, ours = MLP(config, mlp_spec), SwiGLUMLP(config, mlp_spec)
+    randomize(reference, seed=seed)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(24, 3, config.hidden_size, generator=gen)
+    grad_out = torch.randn(24, 3, config.hidden_size, generator=gen)
+    tensors = []
+    for module in (reference, ours):
+        inp = x.clone().requires_grad_(True)
+        out, bias = module(inp)
+        out.backward(grad_out)
+        tensors.append([out, inp.grad, *(p.grad for p in module.parameters())])
+    equal = all(torch.equal(a, b) for a, b in zip(*tensors, strict=True))
+    return {
+        "plain": ours.plain_swiglu,
+        "equal": _max_over_ranks(0.0 if equal else 1.0) == 0.0,
+        "bias": bias is None,
+        "tensors": len(tensors[0]),
+    }
+
+
 def model_case(arch, parallel, tokens) -> dict:
     """Loss and every parameter gradient, plain local spec vs build_model's SDPA spec."""
     plain = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
@@ -74,6 +102,10 @@ def model_case(arch, parallel, tokens) -> dict:
     randomize(reference, seed=5)
     ours = build_model(arch, parallel)
     assert isinstance(ours.decoder.layers[0].self_attention.core_attention, SDPAttention)
+    assert (
+        isinstance(ours.decoder.layers[0].mlp, SwiGLUMLP)
+        and ours.decoder.layers[0].mlp.plain_swiglu
+    )
     ours.load_state_dict(reference.state_dict(), strict=True)
     same_keys = sorted(reference.sharded_state_dict()) == sorted(ours.sharded_state_dict())
     losses, grads = [], []
@@ -128,6 +160,7 @@ def main() -> None:
         ):
             case = module_case(config, mask_type, sq, 24, seed=7)
             result[f"module_tp{tp}_{mask_type.name}_sq{sq}"] = case
+        result[f"mlp_tp{tp}"] = mlp_case(config, seed=11)
     result["refused"] = refusals(config)
     tokens = sample_tokens(2, 24, arch.vocab_size)
     for preset, groups in (("tiny-llama", None), ("tiny-qwen3", None), ("tiny-llama", 1)):

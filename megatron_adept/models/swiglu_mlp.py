@@ -1,0 +1,50 @@
+"""megatron-core's MLP with the SwiGLU computed as ``silu(gate) * up``, for the local spec.
+
+megatron-core 0.16.1's unfused gated path (no Transformer Engine, no bias-activation fusion)
+computes ``silu(gate) * (up + glu_linear_offset)``: with the usual offset 0 that is a full
+copy of the up half in every layer's forward, about 3 % of a SmolLM2 forward on CPU
+(``benchmarks/peer_step.py``). Its fused path compiles with ``torch.compile``, which the local
+spec cannot assume. :class:`SwiGLUMLP` takes the plain path where the configuration allows it
+(SiLU gate, no linear bias, no offset, no clamp, no fusion, no per-token scale) and megatron's
+own forward otherwise. The products are the same numbers (``x + 0.0 == x``); the parameters,
+and so every checkpoint key and TP shard, are megatron's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.mlp import MLP
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+
+class SwiGLUMLP(MLP):
+    """:class:`~megatron.core.transformer.mlp.MLP` without the gated path's offset copy."""
+
+    def __init__(self, config, submodules, *args, **kwargs) -> None:
+        super().__init__(config, submodules, *args, **kwargs)
+        self.plain_swiglu = (
+            config.gated_linear_unit
+            and self.activation_func is F.silu
+            and not config.add_bias_linear
+            and config.glu_linear_offset == 0
+            and config.activation_func_clamp_value is None
+            and not config.bias_activation_fusion
+            and not config.use_te_activation_func
+        )
+
+    def forward(self, hidden_states, per_token_scale=None, **kwargs):
+        if not self.plain_swiglu or per_token_scale is not None:
+            return super().forward(hidden_states, per_token_scale, **kwargs)
+        intermediate, _ = self.linear_fc1(hidden_states)
+        gate, up = torch.chunk(intermediate, 2, dim=-1)
+        return self.linear_fc2(F.silu(gate) * up)
+
+
+def with_swiglu_mlp(layer_spec: ModuleSpec) -> ModuleSpec:
+    """``layer_spec`` (a local-spec ``TransformerLayer``) with :class:`SwiGLUMLP` as its MLP."""
+    mlp = dataclasses.replace(layer_spec.submodules.mlp, module=SwiGLUMLP)
+    submodules = dataclasses.replace(layer_spec.submodules, mlp=mlp)
+    return dataclasses.replace(layer_spec, submodules=submodules)
