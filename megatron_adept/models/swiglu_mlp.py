@@ -8,11 +8,18 @@ spec cannot assume. :class:`SwiGLUMLP` takes the plain path where the configurat
 (SiLU gate, no linear bias, no offset, no clamp, no fusion, no per-token scale) and megatron's
 own forward otherwise. The products are the same numbers (``x + 0.0 == x``); the parameters,
 and so every checkpoint key and TP shard, are megatron's.
+
+megatron's ``TransformerLayer`` hands its tensor-parallel group only to an MLP whose class is
+exactly ``MLP`` and logs "Unknown MLP type" for any other; the MLP then takes megatron's
+global tensor-parallel group, which is the layer's own in every model this project builds
+(none passes a custom process-group collection). :func:`with_swiglu_mlp` filters that one
+warning out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +50,18 @@ class SwiGLUMLP(MLP):
         return self.linear_fc2(F.silu(gate) * up)
 
 
+class _KnownMLPFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unknown MLP type")
+
+
+_LAYER_LOGGER = logging.getLogger("megatron.core.transformer.transformer_layer")
+
+
 def with_swiglu_mlp(layer_spec: ModuleSpec) -> ModuleSpec:
     """``layer_spec`` (a local-spec ``TransformerLayer``) with :class:`SwiGLUMLP` as its MLP."""
+    if not any(isinstance(f, _KnownMLPFilter) for f in _LAYER_LOGGER.filters):
+        _LAYER_LOGGER.addFilter(_KnownMLPFilter())
     mlp = dataclasses.replace(layer_spec.submodules.mlp, module=SwiGLUMLP)
     submodules = dataclasses.replace(layer_spec.submodules, mlp=mlp)
     return dataclasses.replace(layer_spec, submodules=submodules)
