@@ -6,8 +6,12 @@ copy of the up half in every layer's forward, about 3 % of a SmolLM2 forward on 
 (``benchmarks/peer_step.py``). Its fused path compiles with ``torch.compile``, which the local
 spec cannot assume. :class:`SwiGLUMLP` takes the plain path where the configuration allows it
 (SiLU gate, no linear bias, no offset, no clamp, no fusion, no per-token scale) and megatron's
-own forward otherwise. The products are the same numbers (``x + 0.0 == x``); the parameters,
-and so every checkpoint key and TP shard, are megatron's.
+own forward otherwise. Its backward (:class:`SwiGLUFunction`) writes the gate's and the up
+half's gradients straight into the two halves of one tensor, where autograd's backward of
+``torch.chunk`` concatenates them in a further copy, in every layer the gradient passes
+through, frozen ones included. Forward and backward run the same kernels on the same operands
+as autograd does for megatron's expression (``x + 0.0 == x``), so results are equal bit for bit;
+the parameters, and so every checkpoint key and TP shard, are megatron's.
 
 megatron's ``TransformerLayer`` hands its tensor-parallel group only to an MLP whose class is
 exactly ``MLP`` and logs "Unknown MLP type" for any other; the MLP then takes megatron's
@@ -25,6 +29,28 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.spec_utils import ModuleSpec
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    """``silu(gate) * up`` of ``x = [gate | up]`` (last dimension), with a concatenation-free
+    backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        gate, up = torch.chunk(x, 2, dim=-1)
+        activated = F.silu(gate)
+        ctx.save_for_backward(x, activated)
+        return activated * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, activated = ctx.saved_tensors
+        gate, up = torch.chunk(x, 2, dim=-1)
+        grad_x = torch.empty_like(x)
+        grad_gate, grad_up = torch.chunk(grad_x, 2, dim=-1)
+        torch.mul(grad, activated, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_x
 
 
 class SwiGLUMLP(MLP):
@@ -46,8 +72,7 @@ class SwiGLUMLP(MLP):
         if not self.plain_swiglu or per_token_scale is not None:
             return super().forward(hidden_states, per_token_scale, **kwargs)
         intermediate, _ = self.linear_fc1(hidden_states)
-        gate, up = torch.chunk(intermediate, 2, dim=-1)
-        return self.linear_fc2(F.silu(gate) * up)
+        return self.linear_fc2(SwiGLUFunction.apply(intermediate))
 
 
 class _KnownMLPFilter(logging.Filter):
