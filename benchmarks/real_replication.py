@@ -23,7 +23,8 @@ process each, as the project's CLIs run it:
   ADEPT authors-imp  --unit-importance authors
 
 The copy-based methods use ADEPT's better lr. "Better" is the lower domain held-out loss, and
-the two lrs of a family run first. Metrics: general (WordNet) and domain (FOLDOC) held-out loss
+the two lrs of a family run first. Metrics: general held-out loss on WordNet glosses and on MMLU
+general-knowledge text (questions with their answers), and domain (FOLDOC) held-out loss, each
 with the mean per-document change vs Vanilla and its paired 95% confidence interval;
 0-shot accuracy on MMLU general, MMLU computing and FOLDOC terms with binomial standard errors;
 the share of shifted tokens vs Vanilla on general text (tools/token_shift.py); trainable %;
@@ -31,7 +32,8 @@ step time and peak RSS relative to PT-Full; wall time of each run (training and 
 
 Results are stored per run (OUT/results/NAME.json with their settings; resumable, refused if
 the settings differ); OUT/results.md and OUT/results.png hold the tables and the plot.
---quick reproduces the table's shape in a few minutes a run (4 steps, small evaluation sets).
+--quick reproduces the table's shape in a few minutes a run (4 steps, small evaluation sets);
+the full table (``FULL``) takes about 80 minutes with --jobs 2.
 """
 
 from __future__ import annotations
@@ -94,15 +96,15 @@ FULL = {
     "iters": 80,
     "importance_interval": 40,
     "probe_docs": 32,
-    "loss_docs": 80,
-    "mc_questions": 60,
+    "loss_docs": 48,
+    "mc_questions": 40,
 }
-"""The full table, sized for about 2 hours on 2 CPU cores with --jobs 2: 80 steps x 4 x 256
-tokens (81,920 tokens, about 30% of an epoch of FOLDOC's 0.28M training tokens) for each of the
-11 trained runs, and 12 evaluations of 3 x 80 held-out documents and 3 x 60 questions. Measured
-here without other load: a PT-Full step 5.5 s, an ADEPT step about 3 s, a unit-importance pass
-over 32 probe documents about 30 s; runs 80 x 5.5 s ~ 7 min (PT-Full, Replay) and ~4 min
-(copy-based), evaluation ~4-5 min a run."""
+"""The full table: 80 steps x 4 x 256 tokens (81,920 tokens, about 30% of an epoch of FOLDOC's
+0.28M training tokens) for each of the 11 trained runs, and 12 evaluations of 3 x 48 held-out
+documents and 3 x 40 questions. Measured here with --jobs 2 (one thread a run): a PT-Full
+training run 14-15 minutes, the Stage-1 probe (32 documents) 10 minutes, held-out loss 2-3
+minutes and token shift 1.5-2 minutes a run, multiple choice 2 minutes a run (14 minutes
+before its runs were cut at long questions); about 2.5 hours in all."""
 QUICK = {
     "iters": 4,
     "importance_interval": 4,

@@ -16,6 +16,7 @@ from megatron_adept.eval.multiple_choice import (
     load_items,
     padded_micro_batches,
     prepare_items,
+    schedule_runs,
     split_few_shot,
 )
 
@@ -185,3 +186,20 @@ def test_predictions_accuracy_and_subjects():
     assert table[2].split() == ["x", "2", "50.00", "50.00"]
     assert table[3].split() == ["y", "1", "100.00", "0.00"]
     assert table[5].split() == ["overall", "3", "66.67", "33.33"]
+
+
+def test_runs_end_before_a_much_longer_micro_batch():
+    tok = CharTokenizer()
+    # 20 questions of 100-119 characters (within 1.25x of each other), then one of 200
+    questions = ["x" * (100 + i) for i in range(20)] + ["y" * 200]
+    items = [item(q, ["a", "b"], 0) for q in questions]
+    prepared = prepare_items(items, 0, tok, max_length=1000, questions_per_batch=1)
+    lengths = [b.seq_length for b in prepared.batches]
+    runs = schedule_runs(prepared.batches)
+    assert [b for run in runs for b in run] == prepared.batches  # order kept, nothing lost
+    for run in runs:
+        assert len(run) <= 16
+        assert max(b.seq_length for b in run) <= 1.25 * run[0].seq_length
+    # 20 short ones: one full run of 16, the rest, then the long question alone
+    assert [len(run) for run in runs] == [16, 4, 1]
+    assert runs[-1][0].seq_length == max(lengths)
