@@ -9,8 +9,9 @@ speed behind: ``torch.optim.AdamW`` with its default, which off CUDA is the per-
 (each tensor's update allocates temporaries of its size), and gradient clipping through
 ``local_multi_tensor_scale``, which writes a scaled copy of every gradient and copies it back.
 On CPU the two took 17 % of a full-parameter SmolLM2 step. :func:`build_optimizer` switches the
-torch Adams to torch's fused kernel (CPU and CUDA), and :func:`scale_grads_in_place` replaces the
-clipping fallback with one in-place ``_foreach_mul_`` (same fp32 products, bit for bit).
+torch Adams of CPU parameters to torch's fused kernel (on CUDA torch's default is already its
+multi-tensor path), and :func:`scale_grads_in_place` replaces the clipping fallback with one
+in-place ``_foreach_mul_`` (same fp32 products, bit for bit).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from megatron.core.optimizer import (
 from megatron_adept.optimizer.adam_state import torch_adams
 from megatron_adept.optimizer.config import OptimizerSettings
 
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
-"""Devices on which torch's fused Adam kernel runs (torch >= 2.4)."""
+FUSED_ADAM_DEVICES = ("cpu",)
+"""Devices whose parameters get torch's fused Adam kernel (torch >= 2.4 has it on CPU). CUDA is
+left to torch's default multi-tensor path: the fused kernel there also wants every Adam step
+tensor on the device, which the step placeholders of ``adam_state.py`` do not promise."""
 
 
 def wrap_ddp(model: torch.nn.Module, use_distributed_optimizer: bool) -> DistributedDataParallel:
@@ -74,7 +77,7 @@ def build_optimizer(
 
 
 def use_fused_adam(optimizer: MegatronOptimizer) -> None:
-    """Step megatron's torch-Adam fallback with torch's fused kernel where it can run.
+    """Step megatron's torch-Adam fallback with torch's fused kernel for CPU parameters.
 
     Same update as the per-tensor loop up to rounding (a few ulp): the kernel fuses the
     moment and parameter updates into one pass. Adams from Transformer Engine or apex are
