@@ -33,7 +33,7 @@ step time and peak RSS relative to PT-Full; wall time of each run (training and 
 Results are stored per run (OUT/results/NAME.json with their settings; resumable, refused if
 the settings differ); OUT/results.md and OUT/results.png hold the tables and the plot.
 --quick reproduces the table's shape in a few minutes a run (4 steps, small evaluation sets);
-the full table (``FULL``) takes about 80 minutes with --jobs 2.
+the full table (``FULL``) takes about 2.5 hours with --jobs 2.
 """
 
 from __future__ import annotations

@@ -185,12 +185,15 @@ def split_mmlu(
         raise PrepareError(f"computing topic(s) {missing} are not in the MMLU file")
     rng = random.Random(seed)
     chosen: set[int] = set()
-    for subject in sorted(subjects - computing):
-        positions = [i for i, item in enumerate(items) if item["subject"] == subject]
-        chosen.update(rng.sample(positions, min(general_per_topic, len(positions))))
+    positions = {
+        subject: [i for i, item in enumerate(items) if item["subject"] == subject]
+        for subject in sorted(subjects - computing)
+    }
+    for where in positions.values():
+        chosen.update(rng.sample(where, min(general_per_topic, len(where))))
     unused = {}
-    for subject in sorted(subjects - computing):
-        pool = [i for i, it in enumerate(items) if it["subject"] == subject and i not in chosen]
+    for subject, where in positions.items():
+        pool = [i for i in where if i not in chosen]
         if pool:
             unused[subject] = rng.sample(pool, len(pool))
     return {
