@@ -31,7 +31,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from step_harness import PhaseTimer, build_mode, spread_multipliers, synthetic_batches
+from step_harness import PhaseTimer, allocator, build_mode, spread_multipliers, synthetic_batches
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from megatron_adept.config.parallel import ParallelConfig
@@ -178,7 +178,8 @@ def report(args, ours, rows, clock, copies, start) -> list[str]:
         f"`python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
         "",
         f"{date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads, fp32. {ours.arch.num_layers} layers (copies "
+        f"with {torch.get_num_threads()} threads, fp32, {allocator()}. "
+        f"{ours.arch.num_layers} layers (copies "
         f"after {list(copies)} at {list(ours.plan.layers)}), batch {args.global_batch_size} x "
         f"{args.seq_length} (micro-batch {args.micro_batch_size}), lr {args.lr}; "
         f"{args.steps} rounds after {args.warmup} warm-up, alternating who goes first.",

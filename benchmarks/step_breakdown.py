@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from step_harness import MODES, PHASES, SavedActivations, build_mode, static_memory
+from step_harness import MODES, PHASES, SavedActivations, allocator, build_mode, static_memory
 from step_harness import synthetic_batches as batches_for
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta
@@ -332,7 +332,7 @@ def main() -> None:
         "",
         f"{date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, fp32, TP=PP=DP=1, "
-        f"core attention {args.attention}. "
+        f"core attention {args.attention}, {allocator()}. "
         f"Base model {base.num_layers} layers; ADEPT copies after {list(copies)}, "
         f"LLaMA-Pro after {list(pro)}; global batch {args.global_batch_size} x "
         f"{args.seq_length} tokens (micro-batch {args.micro_batch_size}); {args.steps} timed "

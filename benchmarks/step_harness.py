@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import tempfile
 import time
@@ -57,6 +58,17 @@ PHASES = (
     "optimizer",
 )
 """The phases of one step, in the order they run."""
+
+
+def allocator() -> str:
+    """The malloc serving torch's CPU tensors, for the results header: it decides the page
+    faults of a step (glibc unmaps every freed block above its mmap threshold, so large
+    transients fault in again each step; a preloaded jemalloc or tcmalloc keeps them)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc"):
+        if name in preload:
+            return f"{name} (LD_PRELOAD={preload})"
+    return "glibc malloc"
 
 
 def layer_map_of(mode: str, num_layers: int, copies: tuple[int, ...], pro: tuple[int, ...]):
