@@ -63,7 +63,7 @@ PHASES = (
 def allocator() -> str:
     """The malloc serving torch's CPU tensors, for the results header: it decides the page
     faults of a step (glibc unmaps every freed block above its mmap threshold, so large
-    transients fault in again each step; a preloaded jemalloc or tcmalloc keeps them)."""
+    transients fault in again each step; a preloaded jemalloc or tcmalloc has its own policy)."""
     preload = os.environ.get("LD_PRELOAD", "")
     for name in ("jemalloc", "tcmalloc"):
         if name in preload:
