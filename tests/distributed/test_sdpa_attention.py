@@ -1,5 +1,6 @@
-"""SDPA core attention equals megatron-core's local DotProductAttention, and SwiGLUMLP equals
-megatron-core's MLP (2 ranks, TP=1 and 2)."""
+"""SDPA core attention equals megatron-core's local DotProductAttention, SwiGLUMLP equals
+megatron-core's MLP, and a model built with both and our RoPE equals megatron's plain local one
+(2 ranks, TP=1 and 2)."""
 
 import json
 

@@ -3,9 +3,10 @@ offset-free SwiGLU MLP against megatron-core's ``MLP`` (2 ranks).
 
 Module level: the same query/key/value shards through both attention modules at TP=1 and TP=2,
 with GQA, causal and unmasked, and a one-token query; the same weights and input through both
-MLPs (bit for bit). Model level: a ``GPTModel`` built with the plain local spec and one built
-by ``build_model`` (SDPA, SwiGLUMLP), the same weights, one forward and backward at TP=2,
-including a key/value-head count below the tensor-parallel size.
+MLPs (bit for bit). Model level: a ``GPTModel`` built with the plain local spec and megatron's
+unfused RoPE and one built by ``build_model`` (SDPA, SwiGLUMLP, models.rotary), the same
+weights, one forward and backward at TP=2, including a key/value-head count below the
+tensor-parallel size.
 
 argv: RESULT_JSON
 """
@@ -97,10 +98,15 @@ def mlp_case(config, seed) -> dict:
 def model_case(arch, parallel, tokens) -> dict:
     """Loss and every parameter gradient, plain local spec vs build_model's SDPA spec."""
     plain = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
-    with mock.patch.object(builder, "layer_spec", lambda *_: plain):
+    with (
+        mock.patch.object(builder, "layer_spec", lambda *_: plain),
+        mock.patch.object(builder, "rope_fusion_available", lambda: False),
+    ):
         reference = build_model(arch, parallel)
+    assert not reference.config.apply_rope_fusion
     randomize(reference, seed=5)
     ours = build_model(arch, parallel)
+    assert ours.config.apply_rope_fusion  # megatron's fused-RoPE path, on models.rotary
     assert isinstance(ours.decoder.layers[0].self_attention.core_attention, SDPAttention)
     assert (
         isinstance(ours.decoder.layers[0].mlp, SwiGLUMLP)
