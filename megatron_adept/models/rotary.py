@@ -7,7 +7,7 @@ pass-through part (empty for full rotary), about seven query-sized passes forwar
 again in autograd's backward. :class:`RotaryFunction` computes each half of the same expression
 straight into one output tensor, and its backward likewise: the same products and sums of the
 same operands in the same dtype, so output and gradient equal megatron's bit for bit, in half
-the time on CPU (``benchmarks/peer_step.py``).
+the time on CPU (SmolLM2's 34 layers, batch 4 x 128: 92 -> 45 ms forward and backward).
 
 megatron sends RoPE to ``rope_utils.fused_apply_rotary_pos_emb`` when
 ``config.apply_rope_fusion`` is set: a slot that Transformer Engine's fused kernel fills when it
