@@ -61,14 +61,17 @@ PHASES = (
 
 
 def allocator() -> str:
-    """The malloc serving torch's CPU tensors, for the results header: it decides the page
-    faults of a step (glibc unmaps every freed block above its mmap threshold, so large
-    transients fault in again each step; a preloaded jemalloc or tcmalloc has its own policy)."""
+    """The malloc serving torch's CPU tensors and its settings, for the results header: they
+    decide the page faults of a step (glibc unmaps every freed block above its mmap threshold,
+    so large transients fault in again each step; a preloaded jemalloc or tcmalloc has its own
+    policy, and ``GLIBC_TUNABLES`` or ``MALLOC_CONF`` change either)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    for name in ("jemalloc", "tcmalloc"):
-        if name in preload:
-            return f"{name} (LD_PRELOAD={preload})"
-    return "glibc malloc"
+    name = next((n for n in ("jemalloc", "tcmalloc") if n in preload), None)
+    described = f"{name} (LD_PRELOAD={preload})" if name else "glibc malloc"
+    settings = [
+        f"{k}={os.environ[k]}" for k in ("GLIBC_TUNABLES", "MALLOC_CONF") if os.environ.get(k)
+    ]
+    return " ".join([described, *settings])
 
 
 def layer_map_of(mode: str, num_layers: int, copies: tuple[int, ...], pro: tuple[int, ...]):

@@ -24,7 +24,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.errors import ConfigError
 from megatron_adept.models.archs import ModelArch
-from megatron_adept.models.rotary import rope_fusion_available
+from megatron_adept.models.rotary import install_fused_rope
 from megatron_adept.models.sdpa_attention import with_sdpa_core_attention
 from megatron_adept.models.swiglu_mlp import with_swiglu_mlp
 from megatron_adept.parallel.layout import pipeline_layer_counts
@@ -97,7 +97,7 @@ def build_transformer_config(
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        apply_rope_fusion=rope_fusion_available(),
+        apply_rope_fusion=install_fused_rope(),
         recompute_granularity="full" if recompute_activations else None,
         recompute_method="uniform" if recompute_activations else None,
         recompute_num_layers=1 if recompute_activations else None,

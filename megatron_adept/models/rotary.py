@@ -11,7 +11,7 @@ the time on CPU (SmolLM2's 34 layers, batch 4 x 128: 92 -> 45 ms forward and bac
 
 megatron sends RoPE to ``rope_utils.fused_apply_rotary_pos_emb`` when
 ``config.apply_rope_fusion`` is set: a slot that Transformer Engine's fused kernel fills when it
-is installed and that is empty otherwise. :func:`rope_fusion_available` fills the empty slot
+is installed and that is empty otherwise. :func:`install_fused_rope` fills the empty slot
 with :func:`apply_rotary` and says whether the slot holds it, so that the config enables the
 fused path exactly when it runs this function (never Transformer Engine's, whose kernels need a
 GPU and which this project keeps optional). Packed sequences and interleaved rotary keep
@@ -82,9 +82,9 @@ def apply_rotary(
     return RotaryFunction.apply(t, freqs)
 
 
-def rope_fusion_available() -> bool:
-    """Fill megatron's empty fused-RoPE slot with :func:`apply_rotary`; True iff the slot
-    now holds it (False where Transformer Engine's kernel is installed there)."""
+def install_fused_rope() -> bool:
+    """Put :func:`apply_rotary` into megatron's fused-RoPE slot if the slot is empty; True iff
+    the slot now holds it (False where Transformer Engine's kernel is installed there)."""
     if rope_utils.fused_apply_rotary_pos_emb is None:
         rope_utils.fused_apply_rotary_pos_emb = apply_rotary
     return rope_utils.fused_apply_rotary_pos_emb is apply_rotary

@@ -9,7 +9,7 @@ from megatron_adept.config.parallel import ParallelConfig
 from megatron_adept.models.archs import ModelArch
 from megatron_adept.models.builder import build_transformer_config
 from megatron_adept.models.presets import preset_config
-from megatron_adept.models.rotary import apply_rotary, rope_fusion_available
+from megatron_adept.models.rotary import apply_rotary, install_fused_rope
 
 
 def _freqs(seq: int, rot: int) -> torch.Tensor:
@@ -63,5 +63,5 @@ def test_config_enables_fusion_exactly_when_the_slot_holds_our_kernel(monkeypatc
         return t
 
     monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb", other_kernel)
-    assert not rope_fusion_available()
+    assert not install_fused_rope()
     assert not build_transformer_config(arch, ParallelConfig(), on_cpu=True).apply_rope_fusion

@@ -100,7 +100,7 @@ def model_case(arch, parallel, tokens) -> dict:
     plain = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
     with (
         mock.patch.object(builder, "layer_spec", lambda *_: plain),
-        mock.patch.object(builder, "rope_fusion_available", lambda: False),
+        mock.patch.object(builder, "install_fused_rope", lambda: False),
     ):
         reference = build_model(arch, parallel)
     assert not reference.config.apply_rope_fusion
