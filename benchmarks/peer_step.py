@@ -12,8 +12,11 @@ megatron-core's does on CPU.
 
 Ours is ``pretrain_adept.py --mode adept``'s setup and step (``benchmarks/step_harness.py``):
 megatron-core's GPTModel and DDP, the same multipliers through the unit-lr update rescale,
-backward stopped below the lowest copy. Both see the same batches, lr, threads and process;
-steps alternate, and the ratio ours/peer is taken per round (median [min-max]).
+backward stopped below the lowest copy. Both see the same batches, lr, threads, process and
+malloc policy (``--malloc``, as in ``step_breakdown.py``); steps alternate, and the ratio
+ours/peer is taken per round (median [min-max]). The peer's phases are marked at the same
+points as ours (decoder stack, output layer and loss, their backward), so the table below the
+ratio says where the two differ.
 
   python benchmarks/peer_step.py                      # SmolLM2-135M, copies after 5,13,17,18
   python benchmarks/peer_step.py --preset bench-llama-16 --seq-length 256
@@ -31,7 +34,16 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from step_harness import PhaseTimer, allocator, build_mode, spread_multipliers, synthetic_batches
+from step_harness import (
+    PHASES,
+    PhaseTimer,
+    add_malloc_argument,
+    allocator,
+    build_mode,
+    set_malloc_policy,
+    spread_multipliers,
+    synthetic_batches,
+)
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from megatron_adept.config.parallel import ParallelConfig
@@ -82,12 +94,27 @@ class AuthorsStylePeer:
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
         self.timer = PhaseTimer()
+        self._watch_model()
+
+    def _watch_model(self) -> None:
+        """The phase marks ours gets from :meth:`PhaseTimer.watch_model`, at the same points:
+        the decoder stack's start and end (final norm included), the loss, and the gradient's
+        arrival at the decoder's output."""
+        mark = self.timer.mark
+
+        def decoder_done(module, args, output):
+            mark("forward: output layer + loss")
+            hidden = output.last_hidden_state
+            if hidden.requires_grad:
+                hidden.register_hook(lambda grad: mark("backward: decoder"))
+
+        self.model.model.register_forward_pre_hook(lambda *_: mark("forward: decoder"))
+        self.model.model.register_forward_hook(decoder_done)
+        self.model.register_forward_hook(lambda *_: mark("backward: output layer + loss"))
 
     def step(self, micro_batches) -> dict:
         for batch in micro_batches:
-            self.timer.mark("forward")
             loss = self.model(input_ids=batch.tokens, labels=batch.tokens).loss
-            self.timer.mark("backward")
             (loss / len(micro_batches)).backward()
         self.timer.mark("grad norm + clip")
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -109,11 +136,15 @@ def main() -> None:
     parser.add_argument("--global-batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps first (the malloc settles in two)"
+    )
     parser.add_argument("--threads", type=int)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    add_malloc_argument(parser)
     parser.add_argument("--out")
     args = parser.parse_args()
+    set_malloc_policy(args.malloc)
     start = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,14 +222,15 @@ def report(args, ours, rows, clock, copies, start) -> list[str]:
         lines.append(
             f"| {label} | {_spread(totals[who])} | {gflop / statistics.median(totals[who]):.1f} |"
         )
-    lines += ["", f"**ours / peer: {_spread(ratios)}**", "", "Median per phase, ms:", ""]
-    for who in rows:
-        phases = sorted({p for step in rows[who] for p in step})
+    lines += ["", f"**ours / peer: {_spread(ratios)}**", "", f"Median {args.clock} ms per phase:"]
+    lines += ["", "| phase | ours | peer |", "|---|---|---|"]
+    for phase in PHASES:
         cells = [
-            f"{p} {1e3 * statistics.median(s[p][clock] if p in s else 0.0 for s in rows[who]):.0f}"
-            for p in phases
+            statistics.median(s[phase][clock] if phase in s else 0.0 for s in rows[who])
+            for who in ("ours", "peer")
         ]
-        lines.append(f"- {who}: " + ", ".join(cells))
+        if any(cells):
+            lines.append(f"| {phase} | " + " | ".join(f"{1e3 * c:.0f}" for c in cells) + " |")
     lines += ["", f"The benchmark took {time.monotonic() - start:.0f} s."]
     print("\n".join(lines))
     return lines

@@ -7,8 +7,11 @@ gradient norm and clipping, the unit-lr update rescale and the optimizer. Steps 
 are interleaved (the order rotates every round), so machine noise hits them alike; ratios
 to pt-full are taken round by round and reported as median [min-max]. Beside each mode stand
 its FLOP model (``megatron_adept.training.flops``) and achieved FLOP/s. Then each mode runs
-alone in a child process for its peak RSS, split into weights, gradient buffers, optimizer
-state, the rescale's snapshots and the activations autograd saves (by region of the model).
+alone in a child process for its peak RSS and its peak tensor memory (live tensors, what a GPU
+counts), split into weights, gradient buffers, optimizer state, the activations autograd saves
+(by region of the model), the rescale's snapshots, and what the malloc keeps. By default glibc
+keeps freed memory for the next step (``--malloc keep``), as torch's caching allocator does on
+a GPU, so no mode pays for faulting its transients in again every step.
 
 adept, no-stage2 and pt-full run on the base model expanded after ``--copies``, llama-pro on
 the one expanded after ``--llama-pro-copies``, no-stage1 on the base model training the
@@ -37,7 +40,17 @@ from pathlib import Path
 
 import psutil
 import torch
-from step_harness import MODES, PHASES, SavedActivations, allocator, build_mode, static_memory
+from step_harness import (
+    MODES,
+    PHASES,
+    SavedActivations,
+    TensorPeak,
+    add_malloc_argument,
+    allocator,
+    build_mode,
+    set_malloc_policy,
+    static_memory,
+)
 from step_harness import synthetic_batches as batches_for
 
 from megatron_adept.checkpoint.metadata import CheckpointMeta
@@ -71,7 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--global-batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per mode first")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps per mode first (the malloc settles in two)",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument(
@@ -80,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="sdpa",
         help="core attention: SDPA (the builder's), megatron's local one, or both side by side",
     )
+    add_malloc_argument(parser)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
     parser.add_argument("--out", help="results markdown (default: benchmarks/results/...)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "ATTN"), help=argparse.SUPPRESS)
@@ -119,6 +138,7 @@ def resolve_model(args) -> tuple[ModelArch, tuple, tuple, tuple | None, str]:
 
 
 def setup(args):
+    set_malloc_policy(args.malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     runtime.initialize(ParallelConfig())
@@ -146,18 +166,20 @@ def child(args) -> None:
     """One mode alone: print its memory account as JSON (the parent reads the peak RSS)."""
     base, copies, pro, load, _ = setup(args)
     baseline = psutil.Process().memory_info().rss
-    run = _build(args, *args.child, base, copies, pro, load)
-    batches = batches_for(
-        run.arch, args.seq_length, args.global_batch_size, args.micro_batch_size, 3
-    )
-    run.step(batches)
-    activations = SavedActivations(run).measure(batches)
-    run.step(batches)
+    with TensorPeak() as tensors:
+        run = _build(args, *args.child, base, copies, pro, load)
+        batches = batches_for(
+            run.arch, args.seq_length, args.global_batch_size, args.micro_batch_size, 3
+        )
+        run.step(batches)
+        activations = SavedActivations(run).measure(batches)
+        run.step(batches)
     print(
         "MEMORY "
         + json.dumps(
             {
                 "baseline": baseline,
+                "tensor peak": tensors.peak,
                 "static": static_memory(run),
                 "activations": activations,
             }
@@ -286,35 +308,59 @@ def measure_memory(args) -> dict[str, dict]:
     return results
 
 
+STEADY = ("weights", "gradients", "optimizer state")
+"""Tensors that live from setup on; the rescale's snapshots live only in the optimizer phase,
+after backward has freed the activations, so they are not part of the peak."""
+
+
 def memory_tables(memory: dict[str, dict]) -> list[str]:
+    """Peak RSS and peak tensor memory, each against pt-full's, and the split of both."""
     modes = list(memory)
     regions = sorted({r for m in memory.values() for r in m["activations"]})
+    with_ref = all(m["ref"] in memory for m in memory.values())
+
+    def versus(key):
+        return lambda m: m[key] / memory[m["ref"]][key]
+
     rows = [("peak RSS", lambda m: m["peak"])]
-    if all(m["ref"] in memory for m in memory.values()):
-        rows.append(("peak vs pt-full", None))
+    rows += [("peak RSS vs pt-full", versus("peak"))] if with_ref else []
+    rows += [("peak tensor memory (live tensors, as a GPU counts)", lambda m: m["tensor peak"])]
+    rows += [("peak tensor memory vs pt-full", versus("tensor peak"))] if with_ref else []
     rows += [
-        ("process before the model (torch, megatron)", lambda m: m["baseline"]),
-        ("weights", lambda m: m["static"]["weights"]),
-        ("gradient buffers", lambda m: m["static"]["gradients"]),
-        ("optimizer state", lambda m: m["static"]["optimizer state"]),
-        ("update-rescale snapshots (transient)", lambda m: m["static"]["rescale snapshots"]),
-        ("activations saved for backward", lambda m: sum(m["activations"].values())),
+        ("RSS: process before the model (torch, megatron)", lambda m: m["baseline"]),
+        ("RSS: kept by the malloc (RSS - process - tensors)", _malloc_kept),
+        ("tensors: weights", lambda m: m["static"]["weights"]),
+        ("tensors: gradient buffers", lambda m: m["static"]["gradients"]),
+        ("tensors: optimizer state", lambda m: m["static"]["optimizer state"]),
+        ("tensors: activations saved for backward", lambda m: sum(m["activations"].values())),
     ]
     rows += [(f"  of which {r}", lambda m, r=r: m["activations"].get(r, 0)) for r in regions]
-
-    def other(m):
-        counted = m["baseline"] + sum(m["static"].values()) + sum(m["activations"].values())
-        return m["peak"] - counted
-
-    rows.append(("other (transients: logits' gradient, allocator)", other))
+    rows += [
+        ("tensors: other at the peak (transients)", _other_tensors),
+        ("update-rescale snapshots (optimizer phase, not at the peak)", _snapshots),
+    ]
     lines = ["| MiB | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for name, get in rows:
-        if get is None:
-            cells = [f"{memory[m]['peak'] / memory[memory[m]['ref']]['peak']:.2f}" for m in modes]
+        values = [get(memory[m]) for m in modes]
+        if name.endswith("vs pt-full"):
+            cells = [f"{v:.2f}" for v in values]
         else:
-            cells = [f"{get(memory[m]) / MiB:.0f}" for m in modes]
+            cells = [f"{v / MiB:.0f}" for v in values]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _malloc_kept(m: dict) -> float:
+    return m["peak"] - m["baseline"] - m["tensor peak"]
+
+
+def _other_tensors(m: dict) -> float:
+    steady = sum(m["static"][k] for k in STEADY)
+    return m["tensor peak"] - steady - sum(m["activations"].values())
+
+
+def _snapshots(m: dict) -> float:
+    return m["static"]["rescale snapshots"]
 
 
 def main() -> None:

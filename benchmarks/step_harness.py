@@ -10,8 +10,10 @@ Weights are random unless a checkpoint is given: the time of a step does not dep
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import platform
 import resource
 import tempfile
 import time
@@ -60,14 +62,69 @@ PHASES = (
 """The phases of one step, in the order they run."""
 
 
+MALLOC_POLICIES = ("keep", "system")
+"""``keep``: glibc keeps freed memory for the next step (:func:`keep_freed_memory`);
+``system``: the malloc's own defaults."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_kept_freed_memory = False
+
+
+def _preloaded_malloc() -> str | None:
+    preload = os.environ.get("LD_PRELOAD", "")
+    return next((n for n in ("jemalloc", "tcmalloc") if n in preload), None)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory torch frees, so the next step reuses it.
+
+    By default glibc serves a large block it cannot place in its heap with a fresh mapping and
+    unmaps it when freed, and returns a heap's free top to the kernel: a step's large
+    transients (logits, the embedding's and output layer's gradients) are then faulted in and
+    zero-filled again every step, at a cost that varies from machine to machine. On a GPU,
+    torch's caching allocator keeps freed blocks; this is the CPU's equivalent, the same for
+    every mode. Returns whether it took effect (glibc only; not under a preloaded malloc).
+    """
+    global _kept_freed_memory
+    if platform.libc_ver()[0] != "glibc" or _preloaded_malloc():
+        return False
+    libc = ctypes.CDLL(None)
+    _kept_freed_memory = bool(
+        libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    )
+    return _kept_freed_memory
+
+
+def add_malloc_argument(parser) -> None:
+    """``--malloc``, one of :data:`MALLOC_POLICIES`, for a step benchmark's parser."""
+    parser.add_argument(
+        "--malloc",
+        choices=MALLOC_POLICIES,
+        default="keep",
+        help="keep: glibc keeps freed memory for the next step, as a GPU's caching allocator "
+        "does (no page faults a step); system: the malloc's defaults",
+    )
+
+
+def set_malloc_policy(policy: str) -> None:
+    """Apply a :data:`MALLOC_POLICIES` entry, first thing in the process."""
+    if policy == "keep" and not keep_freed_memory():
+        raise SystemExit("error: --malloc keep needs glibc's malloc (use --malloc system)")
+
+
 def allocator() -> str:
     """The malloc serving torch's CPU tensors and its settings, for the results header: they
-    decide the page faults of a step (glibc unmaps every freed block above its mmap threshold,
-    so large transients fault in again each step; a preloaded jemalloc or tcmalloc has its own
-    policy, and ``GLIBC_TUNABLES`` or ``MALLOC_CONF`` change either)."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    name = next((n for n in ("jemalloc", "tcmalloc") if n in preload), None)
-    described = f"{name} (LD_PRELOAD={preload})" if name else "glibc malloc"
+    decide the page faults of a step (see :func:`keep_freed_memory`; a preloaded jemalloc or
+    tcmalloc has its own policy, and ``GLIBC_TUNABLES`` or ``MALLOC_CONF`` change either)."""
+    name = _preloaded_malloc()
+    if name:
+        described = f"{name} (LD_PRELOAD={os.environ['LD_PRELOAD']})"
+    elif _kept_freed_memory:
+        described = (
+            "glibc malloc keeping freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"
+        )
+    else:
+        described = "glibc malloc"
     settings = [
         f"{k}={os.environ[k]}" for k in ("GLIBC_TUNABLES", "MALLOC_CONF") if os.environ.get(k)
     ]
@@ -327,6 +384,38 @@ def static_memory(run: ModeRun) -> dict[str, int]:
         "optimizer state": _nbytes(state),
         "rescale snapshots": snapshots,
     }
+
+
+class TensorPeak:
+    """Peak bytes of live tensors while the context is open: what torch's CPU allocator hands
+    out, counted from the profiler's allocation events, as ``torch.cuda.max_memory_allocated``
+    counts on a GPU. Unlike the RSS it leaves out the libraries and the malloc's kept memory.
+
+    Tensors alive when the context opens are not counted: open it before the model exists.
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._profile = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        )
+
+    def __enter__(self) -> TensorPeak:
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._profile.__exit__(*exc)
+        # profile.events() folds allocation events into their ops; the raw ones are here.
+        events = sorted(
+            (e.start_ns(), e.nbytes())
+            for e in self._profile.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        )
+        live = 0
+        for _, nbytes in events:
+            live += nbytes
+            self.peak = max(self.peak, live)
 
 
 class SavedActivations:

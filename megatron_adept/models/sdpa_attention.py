@@ -116,6 +116,10 @@ class SDPAttention(MegatronModule):
             raise ConfigError(
                 f"causal attention needs as many keys as queries ({sq} != {key.shape[0]})"
             )
+        # The value is a view into the fused QKV projection's output (query and key left it
+        # through RoPE): its own copy lets that output go, rather than keeping it, several
+        # times the value's size, for backward in every layer.
+        value = value.contiguous()
         # [s, b, heads, hn] -> [b, heads, s, hn]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         context = F.scaled_dot_product_attention(

@@ -1,6 +1,6 @@
 """SDPA core attention equals megatron-core's local DotProductAttention, SwiGLUMLP equals
 megatron-core's MLP, and a model built with both and our RoPE equals megatron's plain local one
-(2 ranks, TP=1 and 2)."""
+(2 ranks, TP=1 and 2); what the two modules keep for backward matches hand-computed bytes."""
 
 import json
 
@@ -19,6 +19,9 @@ def test_sdpa_core_attention_matches_local_dot_product_attention(tmp_path):
             assert diffs[key] <= 1e-5, (name, key, diffs[key])
     for tp in (1, 2):
         assert result[f"mlp_tp{tp}"] == {"plain": True, "equal": True, "bias": True, "tensors": 4}
+        saved = result[f"saved_tp{tp}"]
+        assert saved["mlp_saved_bytes"] == saved["mlp_fc1_out_bytes"], saved
+        assert not saved["attention_keeps_fused"], saved
     models = {k: v for k, v in result.items() if k.startswith("model_")}
     assert sorted(models) == [
         "model_tp2_tiny-llama_kv1",

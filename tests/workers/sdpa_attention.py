@@ -95,6 +95,54 @@ def mlp_case(config, seed) -> dict:
     }
 
 
+def _saved_storages(run) -> dict[int, int]:
+    """{storage pointer: bytes} of what autograd saves for backward while ``run()`` runs."""
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return saved
+
+
+def saved_case(config, seed) -> dict:
+    """What our MLP and core attention keep for backward, against hand-computed bytes.
+
+    The MLP (weights frozen, as in a frozen layer) keeps only the fc1 output; the attention,
+    given its value as a view into a fused QKV projection's output, keeps the value's own
+    bytes, not that output's.
+    """
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    mlp_spec = get_gpt_layer_local_spec(normalization="RMSNorm").submodules.mlp.submodules
+    mlp = SwiGLUMLP(config, mlp_spec)
+    mlp.requires_grad_(False)
+    s, b, width = 24, 3, 4  # float32
+    x = torch.randn(s, b, config.hidden_size, requires_grad=True)
+    mlp_saved = _saved_storages(lambda: mlp(x))
+    params = {p.untyped_storage().data_ptr() for p in mlp.parameters()}
+    mlp_bytes = sum(n for ptr, n in mlp_saved.items() if ptr not in params)
+    fc1_out = s * b * 2 * config.ffn_hidden_size // tp * width
+
+    heads, groups = config.num_attention_heads // tp, config.num_query_groups // tp
+    d = config.kv_channels
+    gen = torch.Generator().manual_seed(seed)
+    fused = torch.randn(s, b, groups, (heads // groups + 2) * d, generator=gen)
+    fused.requires_grad_(True)
+    query = fused[..., : heads // groups * d].reshape(s, b, heads, d) * 1.0
+    key = fused[..., heads // groups * d : -d] * 1.0
+    value = fused[..., -d:]
+    attention = SDPAttention(config, 1, AttnMaskType.causal, "self")
+    attention_saved = _saved_storages(lambda: attention(query, key, value, None))
+    return {
+        "mlp_saved_bytes": _max_over_ranks(mlp_bytes),
+        "mlp_fc1_out_bytes": fc1_out,
+        "attention_keeps_fused": fused.untyped_storage().data_ptr() in attention_saved,
+    }
+
+
 def model_case(arch, parallel, tokens) -> dict:
     """Loss and every parameter gradient, plain local spec vs build_model's SDPA spec."""
     plain = get_gpt_layer_local_spec(qk_layernorm=arch.family.qk_layernorm, normalization="RMSNorm")
@@ -167,6 +215,7 @@ def main() -> None:
             case = module_case(config, mask_type, sq, 24, seed=7)
             result[f"module_tp{tp}_{mask_type.name}_sq{sq}"] = case
         result[f"mlp_tp{tp}"] = mlp_case(config, seed=11)
+        result[f"saved_tp{tp}"] = saved_case(config, seed=13)
     result["refused"] = refusals(config)
     tokens = sample_tokens(2, 24, arch.vocab_size)
     for preset, groups in (("tiny-llama", None), ("tiny-qwen3", None), ("tiny-llama", 1)):
