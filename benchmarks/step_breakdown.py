@@ -337,7 +337,10 @@ def memory_tables(memory: dict[str, dict]) -> list[str]:
     rows += [(f"  of which {r}", lambda m, r=r: m["activations"].get(r, 0)) for r in regions]
     rows += [
         ("tensors: other at the peak (transients)", _other_tensors),
-        ("update-rescale snapshots (optimizer phase, not at the peak)", _snapshots),
+        (
+            "update-rescale snapshots (optimizer phase, not at the peak)",
+            lambda m: m["static"]["rescale snapshots"],
+        ),
     ]
     lines = ["| MiB | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for name, get in rows:
@@ -357,10 +360,6 @@ def _malloc_kept(m: dict) -> float:
 def _other_tensors(m: dict) -> float:
     steady = sum(m["static"][k] for k in STEADY)
     return m["tensor peak"] - steady - sum(m["activations"].values())
-
-
-def _snapshots(m: dict) -> float:
-    return m["static"]["rescale snapshots"]
 
 
 def main() -> None:
