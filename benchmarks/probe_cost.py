@@ -38,7 +38,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from step_breakdown import PASSES  # noqa: E402
-from step_harness import build_mode, synthetic_batches  # noqa: E402
+from step_harness import (  # noqa: E402
+    add_malloc_argument,
+    allocator,
+    build_mode,
+    set_malloc_policy,
+    synthetic_batches,
+)
 
 from megatron_adept.config.parallel import ParallelConfig  # noqa: E402
 from megatron_adept.models.archs import ModelArch  # noqa: E402
@@ -84,8 +90,10 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3, help="timed pt-full steps")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    add_malloc_argument(parser)
     parser.add_argument("--out", help="results markdown")
     args = parser.parse_args()
+    set_malloc_policy(args.malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -97,8 +105,10 @@ def main() -> None:
 
     # Training FLOP/s: pt-full steps of the base model on batches of the probe's shape.
     train = build_mode("pt-full", arch, (), (), seq, micro * seq, parallel)
-    batches = synthetic_batches(train.arch, seq, micro, micro, args.train_steps + 1)
-    train.step(batches)
+    warmup = 2  # the malloc settles in two steps
+    batches = synthetic_batches(train.arch, seq, micro, micro, args.train_steps + warmup)
+    for _ in range(warmup):
+        train.step(batches)
     field = 0 if args.clock == "wall" else 1  # PhaseTimer.FIELDS
     step_s, pass_s = [], []
     for _ in range(args.train_steps):
@@ -144,7 +154,8 @@ def main() -> None:
         f"`{' '.join(['python', *sys.argv])}`",
         "",
         f"{started:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s), fp32, {args.clock} time. Random weights, "
+        f"{torch.get_num_threads()} thread(s), fp32, {args.clock} time, {allocator()}. "
+        "Random weights, "
         f"{arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}; "
         f"{args.items} items x {seq} tokens in micro-batches of {micro}; selected "
         f"{scores.selected}.",
