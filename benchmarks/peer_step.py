@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from step_harness import (
     PHASES,
+    WARMUP_STEPS,
     PhaseTimer,
     add_malloc_argument,
     allocator,
@@ -137,7 +138,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument(
-        "--warmup", type=int, default=2, help="untimed steps first (the malloc settles in two)"
+        "--warmup",
+        type=int,
+        default=WARMUP_STEPS,
+        help="untimed steps first (the malloc settles in two)",
     )
     parser.add_argument("--threads", type=int)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from step_breakdown import PASSES  # noqa: E402
 from step_harness import (  # noqa: E402
+    WARMUP_STEPS,
     add_malloc_argument,
     allocator,
     build_mode,
@@ -105,9 +106,8 @@ def main() -> None:
 
     # Training FLOP/s: pt-full steps of the base model on batches of the probe's shape.
     train = build_mode("pt-full", arch, (), (), seq, micro * seq, parallel)
-    warmup = 2  # the malloc settles in two steps
-    batches = synthetic_batches(train.arch, seq, micro, micro, args.train_steps + warmup)
-    for _ in range(warmup):
+    batches = synthetic_batches(train.arch, seq, micro, micro, args.train_steps + WARMUP_STEPS)
+    for _ in range(WARMUP_STEPS):
         train.step(batches)
     field = 0 if args.clock == "wall" else 1  # PhaseTimer.FIELDS
     step_s, pass_s = [], []

@@ -43,6 +43,7 @@ import torch
 from step_harness import (
     MODES,
     PHASES,
+    WARMUP_STEPS,
     SavedActivations,
     TensorPeak,
     add_malloc_argument,
@@ -87,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup",
         type=int,
-        default=2,
+        default=WARMUP_STEPS,
         help="untimed steps per mode first (the malloc settles in two)",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")

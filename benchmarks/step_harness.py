@@ -66,6 +66,10 @@ MALLOC_POLICIES = ("keep", "system")
 """``keep``: glibc keeps freed memory for the next step (:func:`keep_freed_memory`);
 ``system``: the malloc's own defaults."""
 
+WARMUP_STEPS = 2
+"""Untimed steps before timing: under ``keep`` the first two steps grow the heap (page faults),
+later ones reuse it."""
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _kept_freed_memory = False
 
